@@ -1,0 +1,449 @@
+// Package store defines the storage driver interface that the engine runs on.
+//
+// A driver holds task state and the work queues in one database, so that the
+// transitions that matter (enqueue, claim, complete, finalize) are single
+// transactions. Every operation takes its own Params struct so that adding a
+// field never breaks a call site. Drivers live in sub-packages (store/sqlite,
+// store/postgres) and must pass the conformance suite in store/storetest.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors that callers tell apart. Drivers wrap them with context; test with
+// errors.Is.
+var (
+	// ErrNotFound is returned when the addressed row does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrDuplicateIdentity is returned when a task with the same identity
+	// hash already exists.
+	ErrDuplicateIdentity = errors.New("duplicate task identity")
+	// ErrTemplateConflict is returned when a template version is registered
+	// again with different content.
+	ErrTemplateConflict = errors.New("template version already registered with different content")
+	// ErrStateConflict is returned when a compare-and-set transition finds the
+	// row in another state than expected: another actor won the race.
+	ErrStateConflict = errors.New("state changed concurrently")
+	// ErrLeaseLost is returned when a queue message's lease token no longer
+	// matches: the lease expired and the message was taken over or removed.
+	ErrLeaseLost = errors.New("lease lost")
+	// ErrUnavailable is wrapped around errors that mean the database cannot
+	// be used right now (closed, locked past the busy timeout, disk full).
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// Driver is a storage backend.
+type Driver interface {
+	// Name is the driver's short name ("sqlite", "postgres").
+	Name() string
+	// Migrate applies the embedded migrations that are not applied yet.
+	Migrate(ctx context.Context) error
+	// Begin starts a read-write transaction. All writes go through one.
+	Begin(ctx context.Context) (Tx, error)
+	// Reader returns an executor for reads outside a transaction. Writes
+	// through it fail.
+	Reader() Executor
+	// Close releases the driver's connections.
+	Close() error
+}
+
+// Tx is a read-write transaction.
+type Tx interface {
+	Executor
+	Commit() error
+	Rollback() error
+}
+
+// Executor is the set of operations a driver offers. Multi-statement
+// operations are atomic only inside a Tx.
+type Executor interface {
+	TemplateUpsert(ctx context.Context, p TemplateUpsertParams) (inserted bool, err error)
+	TemplateGet(ctx context.Context, p TemplateGetParams) (*TemplateRow, error)
+	TemplateList(ctx context.Context, p TemplateListParams) ([]TemplateRow, error)
+
+	TaskInsert(ctx context.Context, p TaskInsertParams) error
+	TaskGet(ctx context.Context, p TaskGetParams) (*TaskRow, error)
+	TaskList(ctx context.Context, p TaskListParams) ([]TaskRow, error)
+	TaskTransition(ctx context.Context, p TaskTransitionParams) error
+	TaskTransitions(ctx context.Context, p TaskTransitionsParams) ([]TransitionRow, error)
+
+	StepsInsert(ctx context.Context, p StepsInsertParams) error
+	StepGet(ctx context.Context, p StepGetParams) (*StepRow, error)
+	StepsForTask(ctx context.Context, p StepsForTaskParams) ([]StepRow, error)
+	StepResults(ctx context.Context, p StepResultsParams) (map[string]json.RawMessage, error)
+	StepTransition(ctx context.Context, p StepTransitionParams) error
+	StepTransitions(ctx context.Context, p StepTransitionsParams) ([]TransitionRow, error)
+	StepsDueForRetry(ctx context.Context, p StepsDueForRetryParams) ([]string, error)
+
+	QueueSend(ctx context.Context, p QueueSendParams) error
+	QueueClaim(ctx context.Context, p QueueClaimParams) ([]QueueMessage, error)
+	QueueExtend(ctx context.Context, p QueueExtendParams) error
+	QueueDelete(ctx context.Context, p QueueDeleteParams) error
+	QueueDeleteForSteps(ctx context.Context, p QueueDeleteForStepsParams) (int, error)
+	QueueExpired(ctx context.Context, p QueueExpiredParams) ([]QueueMessage, error)
+	QueueDepth(ctx context.Context, p QueueDepthParams) ([]QueueDepthRow, error)
+
+	StepsClaim(ctx context.Context, p StepsClaimParams) ([]ClaimedStep, error)
+	StepsComplete(ctx context.Context, p StepsCompleteParams) ([]error, error)
+}
+
+// TemplateRow is a stored task template version. Versions are immutable.
+type TemplateRow struct {
+	Namespace, Name, Version string
+	ContentHash              string
+	Source                   []byte
+	CreatedAt                time.Time
+}
+
+// TemplateUpsertParams registers a template version. Registering the same
+// content again is a no-op (inserted=false); different content under the
+// same key fails with ErrTemplateConflict.
+type TemplateUpsertParams struct {
+	Namespace, Name, Version string
+	ContentHash              string
+	Source                   []byte
+	Now                      time.Time
+}
+
+// TemplateGetParams addresses one template version.
+type TemplateGetParams struct{ Namespace, Name, Version string }
+
+// TemplateListParams filters templates; empty fields match everything.
+type TemplateListParams struct{ Namespace, Name string }
+
+// TaskRow is a stored task.
+type TaskRow struct {
+	UUID, Namespace, Name, Version string
+	State                          string
+	Context                        json.RawMessage
+	IdentityHash                   string
+	Initiator, SourceSystem        string
+	Reason                         string
+	Tags                           []string
+	Priority                       int
+	CreatedAt, UpdatedAt           time.Time
+	CompletedAt                    *time.Time
+}
+
+// TaskInsertParams creates a task row. An empty IdentityHash never collides.
+type TaskInsertParams struct {
+	UUID, Namespace, Name, Version string
+	State                          string
+	Context                        json.RawMessage
+	IdentityHash                   string
+	Initiator, SourceSystem        string
+	Reason                         string
+	Tags                           []string
+	Priority                       int
+	Now                            time.Time
+}
+
+// TaskGetParams addresses a task. ForUpdate takes a row lock that serialises
+// orchestrators working on the same task until the transaction ends (a no-op
+// where the database already serialises writers).
+type TaskGetParams struct {
+	UUID      string
+	ForUpdate bool
+}
+
+// TaskListParams filters tasks. Empty fields match everything; Limit 0 means
+// 100. Results are ordered newest first.
+type TaskListParams struct {
+	Namespace, Name string
+	States          []string
+	Limit           int
+}
+
+// TaskTransitionParams moves a task from From to To as a compare-and-set and
+// records a history row. It fails with ErrStateConflict if the task is not in
+// From.
+type TaskTransitionParams struct {
+	UUID     string
+	From, To string
+	Event    string
+	Metadata json.RawMessage
+	Now      time.Time
+}
+
+// TaskTransitionsParams lists a task's history.
+type TaskTransitionsParams struct{ UUID string }
+
+// TransitionRow is one applied transition, in order.
+type TransitionRow struct {
+	EntityUUID string
+	From, To   string
+	Event      string
+	Metadata   json.RawMessage
+	SortKey    int
+	CreatedAt  time.Time
+}
+
+// StepRow is a stored workflow step.
+type StepRow struct {
+	UUID, TaskUUID, Name, Namespace string
+	Position                        int
+	Callable                        string
+	State                           string
+	Attempts, MaxAttempts           int
+	Retryable                       bool
+	Result                          json.RawMessage
+	Error                           json.RawMessage
+	NextRetryAt                     *time.Time
+	LastAttemptedAt                 *time.Time
+	CreatedAt, UpdatedAt            time.Time
+	CompletedAt                     *time.Time
+	// Parents are the step UUIDs this step depends on.
+	Parents []string
+}
+
+// StepInsert is one step of a new task.
+type StepInsert struct {
+	UUID, Name  string
+	Position    int
+	Callable    string
+	MaxAttempts int
+	Retryable   bool
+}
+
+// Edge says that step To depends on step From.
+type Edge struct{ From, To string }
+
+// StepsInsertParams creates a task's steps (state pending) and edges.
+type StepsInsertParams struct {
+	TaskUUID  string
+	Namespace string
+	Steps     []StepInsert
+	Edges     []Edge
+	Now       time.Time
+}
+
+// StepGetParams addresses a step.
+type StepGetParams struct{ UUID string }
+
+// StepsForTaskParams lists a task's steps with their parents, ordered by
+// position.
+type StepsForTaskParams struct{ TaskUUID string }
+
+// StepResultsParams reads the results of the named steps of a task (steps
+// without a result are absent from the map).
+type StepResultsParams struct {
+	TaskUUID string
+	Names    []string
+}
+
+// StepTransitionParams moves a step from From to To as a compare-and-set,
+// applies the listed field changes and records a history row. It fails with
+// ErrStateConflict if the step is not in From.
+type StepTransitionParams struct {
+	UUID     string
+	From, To string
+	Event    string
+	Metadata json.RawMessage
+	Now      time.Time
+
+	// SetResult stores Result (nil clears it).
+	SetResult bool
+	Result    json.RawMessage
+	// SetError stores Error (nil clears it).
+	SetError bool
+	Error    json.RawMessage
+	// SetNextRetryAt stores NextRetryAt (nil clears it).
+	SetNextRetryAt bool
+	NextRetryAt    *time.Time
+	// ResetAttempts sets attempts back to zero.
+	ResetAttempts bool
+}
+
+// StepTransitionsParams lists a step's history.
+type StepTransitionsParams struct{ UUID string }
+
+// StepsDueForRetryParams finds tasks that have a step waiting for retry
+// whose backoff has elapsed at Now. It returns task UUIDs, at most Limit.
+type StepsDueForRetryParams struct {
+	Now   time.Time
+	Limit int
+}
+
+// QueueMessage is a message in a queue.
+type QueueMessage struct {
+	ID         int64
+	Queue      string
+	TaskUUID   string
+	StepUUID   string
+	Payload    json.RawMessage
+	LeaseToken string
+	LeaseOwner string
+	ReadCount  int
+	EnqueuedAt time.Time
+	LeaseUntil *time.Time
+}
+
+// QueueMessageInsert is a message to send.
+type QueueMessageInsert struct {
+	Queue     string
+	TaskUUID  string
+	StepUUID  string
+	Payload   json.RawMessage
+	Priority  int
+	VisibleAt time.Time // zero: now
+}
+
+// QueueSendParams inserts messages.
+type QueueSendParams struct {
+	Messages []QueueMessageInsert
+	Now      time.Time
+}
+
+// QueueClaimParams leases up to Limit visible messages from Queues, highest
+// priority first, then oldest. Messages under an unexpired lease are never
+// returned; messages whose lease expired are returned only with
+// IncludeExpired.
+type QueueClaimParams struct {
+	Queues         []string
+	Limit          int
+	Lease          time.Duration
+	Owner          string
+	IncludeExpired bool
+	Now            time.Time
+}
+
+// QueueExtendParams pushes a leased message's lease out to Now+Lease. It
+// fails with ErrLeaseLost if the token does not match.
+type QueueExtendParams struct {
+	ID    int64
+	Token string
+	Lease time.Duration
+	Now   time.Time
+}
+
+// QueueDeleteParams removes a message. With a Token, only if the lease still
+// matches (else ErrLeaseLost); without, unconditionally (missing is not an
+// error).
+type QueueDeleteParams struct {
+	ID    int64
+	Token string
+}
+
+// QueueDeleteForStepsParams removes every message for the given steps.
+type QueueDeleteForStepsParams struct{ StepUUIDs []string }
+
+// QueueExpiredParams lists messages in Queues (all queues if empty) whose
+// lease expired before Now, oldest first.
+type QueueExpiredParams struct {
+	Queues []string
+	Now    time.Time
+	Limit  int
+}
+
+// QueueDepthParams counts messages per queue.
+type QueueDepthParams struct{ Now time.Time }
+
+// QueueDepthRow is the depth of one queue.
+type QueueDepthRow struct {
+	Queue           string
+	Visible, Leased int
+	OldestEnqueued  time.Time
+}
+
+// StepsClaimParams claims up to Limit step messages from Queues for Owner in
+// one operation: each message is leased, its step moves enqueued →
+// in_progress with attempts+1 and a history row. Messages whose step is no
+// longer enqueued (cancelled meanwhile) are deleted and skipped.
+type StepsClaimParams struct {
+	Queues []string
+	Limit  int
+	Lease  time.Duration
+	Owner  string
+	Now    time.Time
+}
+
+// ClaimedStep is a step a worker now owns, with what its handler needs.
+type ClaimedStep struct {
+	Message                      QueueMessage
+	StepUUID, TaskUUID, StepName string
+	Namespace, TaskName, Version string
+	Callable                     string
+	Attempt, MaxAttempts         int
+	TaskContext                  json.RawMessage
+}
+
+// StepCompletion is one handler outcome to record.
+type StepCompletion struct {
+	MessageID  int64
+	LeaseToken string
+	TaskUUID   string
+	StepUUID   string
+	Attempt    int
+	Success    bool
+	Result     json.RawMessage // on success
+	Error      json.RawMessage // on failure
+	Metadata   json.RawMessage // history metadata (duration, worker)
+}
+
+// StepsCompleteParams records handler outcomes: for each, if its message
+// lease still matches and the step is in_progress on the same attempt, the
+// step moves to enqueued_for_orchestration (success) or
+// enqueued_as_error_for_orchestration (failure) with its result or error, and
+// the message is deleted. The returned slice has one entry per completion:
+// nil, or ErrLeaseLost when the completion was refused.
+type StepsCompleteParams struct {
+	Completions []StepCompletion
+	Now         time.Time
+}
+
+// InTx runs fn in a transaction on d, committing if fn returns nil and
+// rolling back otherwise.
+func InTx(ctx context.Context, d Driver, fn func(tx Tx) error) error {
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// StepErrorInfo is the JSON stored in a step's error column: the last
+// failure of the step.
+type StepErrorInfo struct {
+	Message   string `json:"message"`
+	Type      string `json:"type"`
+	Retryable bool   `json:"retryable"`
+	// RetryAfterMS is the handler's requested minimum delay before a retry.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	Attempt      int   `json:"attempt,omitempty"`
+}
+
+// Error types recorded in StepErrorInfo.Type.
+const (
+	ErrorTypeHandler         = "handler_error"
+	ErrorTypePermanent       = "permanent_error"
+	ErrorTypePanic           = "panic"
+	ErrorTypeTimeout         = "timeout"
+	ErrorTypeHandlerNotFound = "handler_not_found"
+	ErrorTypeUnserializable  = "result_not_serializable"
+	ErrorTypeLeaseExpired    = "lease_expired"
+	ErrorTypeWorkerStopping  = "worker_stopping"
+)
+
+// Queue names.
+const (
+	// OrchestrationQueue carries step results to the orchestrators when the
+	// worker that produced them does not run the orchestrator itself.
+	OrchestrationQueue = "orchestration_step_results"
+	workerQueuePrefix  = "worker_"
+)
+
+// WorkerQueue returns the queue that holds the steps of a namespace.
+func WorkerQueue(namespace string) string { return workerQueuePrefix + namespace }
+
+// IsWorkerQueue reports whether q is a namespace's step queue.
+func IsWorkerQueue(q string) bool {
+	return len(q) > len(workerQueuePrefix) && q[:len(workerQueuePrefix)] == workerQueuePrefix
+}
