@@ -1,0 +1,546 @@
+package tasker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/internal/chanmon"
+	"github.com/tasker-go/tasker/internal/orchestration"
+	"github.com/tasker-go/tasker/internal/worker"
+	"github.com/tasker-go/tasker/state"
+	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/store/sqlite"
+)
+
+// Engine is an open Tasker engine: a store, the orchestrator and, once
+// started, a worker running this process's handlers.
+type Engine struct {
+	cfg      Config
+	log      *slog.Logger
+	driver   store.Driver
+	orch     *orchestration.Orchestrator
+	monitors *chanmon.Registry
+	id       string
+
+	mu         sync.Mutex
+	handlers   map[string]Handler
+	namespaces map[string]bool
+	worker     *worker.Worker
+	started    bool
+	closed     bool
+
+	waitMu  sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+}
+
+// Open connects to the store selected by cfg.DatabaseURL and applies its
+// migrations.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	kind, addr, err := parseDatabaseURL(cfg.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var d store.Driver
+	switch kind {
+	case "sqlite":
+		path, err := sqlitePath(addr)
+		if err != nil {
+			return nil, fmt.Errorf("tasker: resolve SQLite path %q: %w", addr, err)
+		}
+		if dir := filepath.Dir(path); dir != "" {
+			if _, err := os.Stat(dir); err != nil {
+				return nil, fmt.Errorf("tasker: SQLite database directory %s: %w", dir, err)
+			}
+		}
+		sd, err := sqlite.Open(ctx, sqlite.Config{Path: path, Synchronous: cfg.SQLiteSynchronous, BusyTimeout: cfg.SQLiteBusyTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("tasker: %w", err)
+		}
+		d = sd
+	case "postgres":
+		return nil, errors.New("tasker: the PostgreSQL store is not available in this build yet; use a sqlite:// DatabaseURL")
+	}
+	if err := d.Migrate(ctx); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("tasker: migrate: %w", err)
+	}
+	e := &Engine{
+		cfg: cfg, log: cfg.Logger, driver: d, monitors: chanmon.NewRegistry(),
+		id:         uuid.NewString()[:8],
+		handlers:   map[string]Handler{},
+		namespaces: map[string]bool{},
+		waiters:    map[string]map[chan struct{}]struct{}{},
+	}
+	for _, ns := range cfg.Namespaces {
+		e.namespaces[ns] = true
+	}
+	e.orch = orchestration.New(d, orchestration.NewTemplates(d), engineNotifier{e}, orchestration.Config{
+		Owner: "orchestrator-" + e.id, Logger: cfg.Logger, JitterFraction: cfg.RetryJitter, PollInterval: cfg.PollInterval,
+	})
+	return e, nil
+}
+
+// engineNotifier routes the orchestrator's after-commit signals.
+type engineNotifier struct{ e *Engine }
+
+func (n engineNotifier) StepsEnqueued([]string) {
+	n.e.mu.Lock()
+	w := n.e.worker
+	n.e.mu.Unlock()
+	if w != nil {
+		w.Wake()
+	}
+}
+
+func (n engineNotifier) TaskChanged(taskUUID string, _ state.TaskState) { n.e.signalTask(taskUUID) }
+
+func (n engineNotifier) ResultsQueued() { n.e.orch.WakeResults() }
+
+// RegisterTemplate validates a YAML task template and stores it. A template
+// with problems is refused with all of them listed (errors.Is
+// ErrInvalidTemplate) and nothing is stored. Registering the same version
+// with identical content again is a no-op; with different content it is an
+// error, because versions are immutable.
+func (e *Engine) RegisterTemplate(ctx context.Context, yamlDoc []byte) error {
+	t, err := e.orch.Templates().Register(ctx, yamlDoc)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.cfg.Namespaces) == 0 && !e.namespaces[t.Namespace] {
+		e.namespaces[t.Namespace] = true
+		if e.worker != nil {
+			e.worker.AddQueues(store.WorkerQueue(t.Namespace))
+		}
+	}
+	return nil
+}
+
+// RegisterTemplatesDir registers every *.yml and *.yaml file under dir,
+// recursively. It stops at the first invalid template and names its file.
+func (e *Engine) RegisterTemplatesDir(ctx context.Context, dir string) error {
+	var files []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(path, ".yml") || strings.HasSuffix(path, ".yaml")) {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tasker: read templates in %s: %w", dir, err)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		doc, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("tasker: %w", err)
+		}
+		if err := e.RegisterTemplate(ctx, doc); err != nil {
+			return fmt.Errorf("tasker: template %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// Handle registers the handler for a callable name used in templates'
+// handler.callable. Register handlers before Start.
+func (e *Engine) Handle(callable string, h Handler) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.handlers[callable] = h
+}
+
+// Start runs the orchestrator and a worker for this process's handlers.
+// It returns once they are running; Stop ends them.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("tasker: Start on a closed engine")
+	}
+	if e.started {
+		return errors.New("tasker: engine already started")
+	}
+	if len(e.cfg.Namespaces) == 0 {
+		rows, err := e.driver.Reader().TemplateList(ctx, store.TemplateListParams{})
+		if err != nil {
+			return fmt.Errorf("tasker: start: %w", err)
+		}
+		for _, r := range rows {
+			e.namespaces[r.Namespace] = true
+		}
+	}
+	queues := make([]string, 0, len(e.namespaces))
+	for ns := range e.namespaces {
+		queues = append(queues, store.WorkerQueue(ns))
+	}
+	sort.Strings(queues)
+	w := worker.New(e.driver, e.resolve, e.orch.CompleteSteps, nil, worker.Config{
+		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
+		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
+		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
+		Monitors: e.monitors,
+	})
+	if err := e.orch.Start(ctx); err != nil {
+		return err
+	}
+	if err := w.Start(ctx); err != nil {
+		_ = e.orch.Stop(ctx)
+		return err
+	}
+	e.worker, e.started = w, true
+	return nil
+}
+
+// Stop drains the engine gracefully: the worker stops claiming, handlers in
+// flight finish within ctx's deadline and their results are written, then
+// the orchestrator stops. Steps still running past the deadline are left to
+// their leases and run again later; nothing is lost.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	w, started := e.worker, e.started
+	e.started = false
+	e.mu.Unlock()
+	if !started {
+		return nil
+	}
+	werr := w.Stop(ctx)
+	oerr := e.orch.Stop(ctx)
+	return errors.Join(werr, oerr)
+}
+
+// Close stops the engine if needed (with a 30s drain) and closes the store.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	serr := e.Stop(ctx)
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	return errors.Join(serr, e.driver.Close())
+}
+
+// resolve prepares a claimed step for its handler.
+func (e *Engine) resolve(ctx context.Context, c *store.ClaimedStep) (worker.Prepared, error) {
+	e.mu.Lock()
+	h, ok := e.handlers[c.Callable]
+	e.mu.Unlock()
+	if !ok {
+		return worker.Prepared{}, &worker.HandlerNotFoundError{Callable: c.Callable}
+	}
+	t, err := e.orch.Templates().Get(ctx, c.Namespace, c.TaskName, c.Version)
+	if err != nil {
+		return worker.Prepared{}, err
+	}
+	def, ok := t.Step(c.StepName)
+	if !ok {
+		return worker.Prepared{}, fmt.Errorf("template %s has no step %q", t.Key(), c.StepName)
+	}
+	ancestors := t.Ancestors(c.StepName)
+	deps, err := e.driver.Reader().StepResults(ctx, store.StepResultsParams{TaskUUID: c.TaskUUID, Names: ancestors})
+	if err != nil {
+		return worker.Prepared{}, err
+	}
+	anc := make(map[string]bool, len(ancestors))
+	for _, a := range ancestors {
+		anc[a] = true
+	}
+	sc := &StepContext{
+		TaskUUID: c.TaskUUID, StepUUID: c.StepUUID, StepName: c.StepName, Namespace: c.Namespace,
+		TaskName: c.TaskName, TaskVersion: c.Version, Attempt: c.Attempt, MaxAttempts: c.MaxAttempts,
+		Method: def.Handler.Method, taskContext: c.TaskContext, handlerConfig: def.Handler.Initialization,
+		deps: deps, ancestors: anc,
+	}
+	return worker.Prepared{
+		Handler: func(ctx context.Context) (any, error) { return h.Call(ctx, sc) },
+		Timeout: time.Duration(def.TimeoutSeconds) * time.Second,
+	}, nil
+}
+
+// CreateTask creates a task from a template and enqueues its ready steps,
+// in one transaction. It returns ErrTemplateNotFound, ErrInvalidContext,
+// ErrIdempotencyKeyRequired or ErrDuplicateTask (errors.Is) for requests it
+// refuses; nothing is stored then.
+func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error) {
+	raw, err := marshalContext(req.Context)
+	if err != nil {
+		return nil, err
+	}
+	row, err := e.orch.CreateTask(ctx, orchestration.CreateTaskParams{
+		Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
+		IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
+		Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return e.GetTask(ctx, row.UUID)
+}
+
+func marshalContext(v any) (json.RawMessage, error) {
+	switch c := v.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		return c, nil
+	case []byte:
+		return json.RawMessage(c), nil
+	case string:
+		return json.RawMessage(c), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot marshal to JSON: %w", ErrInvalidContext, err)
+	}
+	return b, nil
+}
+
+// GetTask returns a task's state, execution status and step counts.
+func (e *Engine) GetTask(ctx context.Context, taskUUID string) (*Task, error) {
+	row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+	if err != nil {
+		return nil, err
+	}
+	t := &Task{
+		UUID: row.UUID, Namespace: row.Namespace, Name: row.Name, Version: row.Version, State: row.State,
+		ExecutionStatus: string(sum.Status), Context: row.Context, Initiator: row.Initiator,
+		SourceSystem: row.SourceSystem, Reason: row.Reason, Tags: row.Tags, Priority: row.Priority,
+		TotalSteps: len(steps), CompletedSteps: sum.Complete, FailedSteps: sum.Errored, InProgressSteps: sum.InFlight,
+		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt, CompletedAt: row.CompletedAt,
+	}
+	t.PendingSteps = t.TotalSteps - sum.Complete - sum.Errored - sum.InFlight - sum.Cancelled
+	if t.TotalSteps > 0 {
+		t.CompletionPercentage = 100 * float64(sum.Complete) / float64(t.TotalSteps)
+	}
+	return t, nil
+}
+
+// TaskSteps returns a task's steps in template order, with their results,
+// last errors and readiness.
+func (e *Engine) TaskSteps(ctx context.Context, taskUUID string) ([]Step, error) {
+	_, rows, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[string]string, len(rows))
+	for _, r := range rows {
+		names[r.UUID] = r.Name
+	}
+	out := make([]Step, len(rows))
+	for i, r := range rows {
+		rd := sum.Steps[r.UUID]
+		s := Step{
+			UUID: r.UUID, Name: r.Name, State: r.State, Attempts: r.Attempts, MaxAttempts: r.MaxAttempts,
+			Retryable: r.Retryable, Callable: r.Callable, Result: r.Result,
+			Ready: rd.Ready, DependenciesSatisfied: rd.DependenciesSatisfied, RetryEligible: rd.RetryEligible,
+			NextRetryAt: r.NextRetryAt, BlockedReason: rd.BlockedReason,
+			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, LastAttemptedAt: r.LastAttemptedAt, CompletedAt: r.CompletedAt,
+		}
+		for _, p := range r.Parents {
+			s.Dependencies = append(s.Dependencies, names[p])
+		}
+		sort.Strings(s.Dependencies)
+		if len(r.Error) > 0 {
+			var info store.StepErrorInfo
+			if err := json.Unmarshal(r.Error, &info); err == nil {
+				s.Error = &StepError{Message: info.Message, Type: info.Type, Retryable: info.Retryable}
+			} else {
+				s.Error = &StepError{Message: string(r.Error)}
+			}
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
+// TaskTransitions returns a task's recorded state changes in order.
+func (e *Engine) TaskTransitions(ctx context.Context, taskUUID string) ([]Transition, error) {
+	rows, err := e.driver.Reader().TaskTransitions(ctx, store.TaskTransitionsParams{UUID: taskUUID})
+	return transitions(rows), err
+}
+
+// StepTransitions returns a step's recorded state changes in order.
+func (e *Engine) StepTransitions(ctx context.Context, stepUUID string) ([]Transition, error) {
+	rows, err := e.driver.Reader().StepTransitions(ctx, store.StepTransitionsParams{UUID: stepUUID})
+	return transitions(rows), err
+}
+
+func transitions(rows []store.TransitionRow) []Transition {
+	out := make([]Transition, len(rows))
+	for i, r := range rows {
+		out[i] = Transition{From: r.From, To: r.To, Event: r.Event, Metadata: r.Metadata, SortKey: r.SortKey, CreatedAt: r.CreatedAt}
+	}
+	return out
+}
+
+// WaitTask blocks until the task reaches a terminal state (complete, error,
+// cancelled, resolved_manually) or blocked_by_failures, and returns it. It
+// honours ctx. In a started engine it wakes on the commit that settles the
+// task; otherwise it polls.
+func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
+	ch := make(chan struct{}, 1)
+	e.waitMu.Lock()
+	if e.waiters[taskUUID] == nil {
+		e.waiters[taskUUID] = map[chan struct{}]struct{}{}
+	}
+	e.waiters[taskUUID][ch] = struct{}{}
+	e.waitMu.Unlock()
+	defer func() {
+		e.waitMu.Lock()
+		delete(e.waiters[taskUUID], ch)
+		if len(e.waiters[taskUUID]) == 0 {
+			delete(e.waiters, taskUUID)
+		}
+		e.waitMu.Unlock()
+	}()
+	poll := 20 * time.Millisecond
+	for {
+		row, err := e.driver.Reader().TaskGet(ctx, store.TaskGetParams{UUID: taskUUID})
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, taskUUID)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if state.TaskState(row.State).Settled() {
+			return e.GetTask(ctx, taskUUID)
+		}
+		timer := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, context.Cause(ctx)
+		case <-ch:
+		case <-timer.C:
+			poll = min(poll*2, 250*time.Millisecond)
+		}
+		timer.Stop()
+	}
+}
+
+func (e *Engine) signalTask(taskUUID string) {
+	e.waitMu.Lock()
+	defer e.waitMu.Unlock()
+	for ch := range e.waiters[taskUUID] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// CancelTask cancels a task that has not finished: every step that is not
+// finished is cancelled, and queued work for it is withdrawn.
+func (e *Engine) CancelTask(ctx context.Context, taskUUID string) (*Task, error) {
+	if _, err := e.orch.CancelTask(ctx, taskUUID, "", ""); err != nil {
+		return nil, err
+	}
+	return e.GetTask(ctx, taskUUID)
+}
+
+// StepAction is an operator's manual action on a step.
+type StepAction string
+
+// Manual step actions.
+const (
+	// ResetForRetry puts a step in error back to pending with its attempts
+	// cleared, so it runs again.
+	ResetForRetry StepAction = "reset_for_retry"
+	// ResolveManually marks a step as resolved without a result; its
+	// dependents may run.
+	ResolveManually StepAction = "resolve_manually"
+	// CompleteManually completes a step with an operator-supplied result.
+	CompleteManually StepAction = "complete_manually"
+)
+
+// StepActionRequest describes a manual step action.
+type StepActionRequest struct {
+	TaskUUID, StepUUID string
+	Action             StepAction
+	// Result is the step's result for CompleteManually, marshalled to JSON.
+	Result any
+	// Actor and Reason are recorded in the step's history.
+	Actor, Reason string
+}
+
+// ApplyStepAction applies an operator's action to a step and re-evaluates
+// its task in the same transaction, so a task that was blocked by the step
+// moves on (leaving blocked_by_failures when nothing blocks it any more).
+func (e *Engine) ApplyStepAction(ctx context.Context, req StepActionRequest) (*Step, error) {
+	var result json.RawMessage
+	if req.Result != nil {
+		b, err := json.Marshal(req.Result)
+		if err != nil {
+			return nil, fmt.Errorf("tasker: step result for %s cannot be marshalled to JSON: %w", req.StepUUID, err)
+		}
+		result = b
+	}
+	if _, err := e.orch.ApplyStepAction(ctx, orchestration.StepActionParams{
+		TaskUUID: req.TaskUUID, StepUUID: req.StepUUID, Action: orchestration.StepAction(req.Action),
+		Result: result, Actor: req.Actor, Reason: req.Reason,
+	}); err != nil {
+		return nil, err
+	}
+	steps, err := e.TaskSteps(ctx, req.TaskUUID)
+	if err != nil {
+		return nil, err
+	}
+	for i := range steps {
+		if steps[i].UUID == req.StepUUID {
+			return &steps[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrStepNotFound, req.StepUUID)
+}
+
+// ChannelStats is a snapshot of one bounded channel's monitor.
+type ChannelStats struct {
+	Name                    string
+	Capacity, Depth         int
+	Saturation              float64
+	Sent, Received, Dropped uint64
+	BlockedSends            uint64
+	BlockedTime             time.Duration
+	MaxDepth                int
+	Level                   string // healthy, degraded or critical
+}
+
+// ChannelStats returns the monitors of the engine's bounded channels.
+func (e *Engine) ChannelStats() []ChannelStats {
+	snap := e.monitors.Snapshot()
+	out := make([]ChannelStats, len(snap))
+	for i, s := range snap {
+		out[i] = ChannelStats{Name: s.Name, Capacity: s.Capacity, Depth: s.Depth, Saturation: s.Saturation,
+			Sent: s.Sent, Received: s.Received, Dropped: s.Dropped, BlockedSends: s.BlockedSends,
+			BlockedTime: s.BlockedTime, MaxDepth: s.MaxDepth, Level: s.Level.String()}
+	}
+	return out
+}

@@ -1,0 +1,800 @@
+// Package orchestration moves tasks through their lifecycle: it creates
+// tasks, decides which steps are ready and enqueues them, processes step
+// results (complete, retry with backoff, fail), finalizes tasks, rescues
+// steps whose worker died, and applies operators' manual step actions.
+//
+// Every decision is made inside a store transaction that holds the task's
+// row lock, so any number of orchestrators may run against one database.
+package orchestration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/state"
+	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/template"
+)
+
+// Errors callers tell apart.
+var (
+	ErrDuplicateTask          = errors.New("a task with the same identity already exists")
+	ErrInvalidContext         = errors.New("invalid task context")
+	ErrIdempotencyKeyRequired = errors.New("template uses identity_strategy caller_provided: an idempotency key is required")
+	ErrTaskNotFound           = errors.New("task not found")
+	ErrStepNotFound           = errors.New("step not found")
+	ErrTaskFinished           = errors.New("task is already finished")
+)
+
+// Notifier is told about committed changes, so that in-process consumers
+// can react without polling. Calls must not block.
+type Notifier interface {
+	// StepsEnqueued says that steps of these namespaces became claimable.
+	StepsEnqueued(namespaces []string)
+	// TaskChanged says that a task moved to a new state.
+	TaskChanged(taskUUID string, st state.TaskState)
+	// ResultsQueued says that step results wait in the orchestration queue.
+	ResultsQueued()
+}
+
+// Config configures an Orchestrator. Zero values take the documented
+// defaults.
+type Config struct {
+	// Owner identifies this orchestrator in leases and logs.
+	Owner string
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+	// JitterFraction spreads retry delays by up to ±this fraction.
+	// Default 0.1; negative disables jitter.
+	JitterFraction float64
+	// PollInterval is how often the result queue, due retries and expired
+	// leases are checked when nothing signals them. Default 1s.
+	PollInterval time.Duration
+	// ResultLease is how long a claimed orchestration message stays
+	// invisible to other orchestrators. Default 30s.
+	ResultLease time.Duration
+	// ResultBatch is how many queued results one transaction processes.
+	// Default 64.
+	ResultBatch int
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Owner == "" {
+		c.Owner = "orchestrator-" + uuid.NewString()[:8]
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.JitterFraction == 0 {
+		c.JitterFraction = 0.1
+	}
+	if c.JitterFraction < 0 {
+		c.JitterFraction = 0
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.ResultLease <= 0 {
+		c.ResultLease = 30 * time.Second
+	}
+	if c.ResultBatch <= 0 {
+		c.ResultBatch = 64
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Orchestrator makes the orchestration decisions. Its synchronous methods
+// (CreateTask, CancelTask, StepAction, CompleteSteps) work without Start;
+// Start runs the background actors.
+type Orchestrator struct {
+	d         store.Driver
+	templates *Templates
+	cfg       Config
+	log       *slog.Logger
+	notify    Notifier
+
+	wake   chan struct{}
+	evalCh chan string
+
+	timerMu sync.Mutex
+	timers  map[string]time.Time
+
+	life sync.Mutex
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// New returns an orchestrator over d.
+func New(d store.Driver, templates *Templates, notify Notifier, cfg Config) *Orchestrator {
+	cfg.setDefaults()
+	return &Orchestrator{
+		d: d, templates: templates, cfg: cfg, log: cfg.Logger, notify: notify,
+		wake:   make(chan struct{}, 1),
+		evalCh: make(chan string, 1024),
+		timers: map[string]time.Time{},
+	}
+}
+
+// Templates returns the template cache.
+func (o *Orchestrator) Templates() *Templates { return o.templates }
+
+// effects are what a committed transaction must announce.
+type effects struct {
+	namespaces map[string]struct{}
+	tasks      map[string]state.TaskState
+	retries    map[string]time.Time
+}
+
+func newEffects() *effects {
+	return &effects{namespaces: map[string]struct{}{}, tasks: map[string]state.TaskState{}, retries: map[string]time.Time{}}
+}
+
+// announce runs after commit.
+func (o *Orchestrator) announce(eff *effects) {
+	if len(eff.namespaces) > 0 && o.notify != nil {
+		ns := make([]string, 0, len(eff.namespaces))
+		for n := range eff.namespaces {
+			ns = append(ns, n)
+		}
+		o.notify.StepsEnqueued(ns)
+	}
+	if o.notify != nil {
+		for id, st := range eff.tasks {
+			o.notify.TaskChanged(id, st)
+		}
+	}
+	for id, at := range eff.retries {
+		o.scheduleEvaluation(id, at)
+	}
+}
+
+// scheduleEvaluation arranges for the task to be evaluated at time at, so a
+// retry runs when its backoff ends rather than at the next sweep.
+func (o *Orchestrator) scheduleEvaluation(taskUUID string, at time.Time) {
+	o.timerMu.Lock()
+	if prev, ok := o.timers[taskUUID]; ok && !at.Before(prev) {
+		o.timerMu.Unlock()
+		return
+	}
+	o.timers[taskUUID] = at
+	o.timerMu.Unlock()
+	d := at.Sub(o.cfg.Now())
+	if d < 0 {
+		d = 0
+	}
+	time.AfterFunc(d, func() {
+		o.timerMu.Lock()
+		if t, ok := o.timers[taskUUID]; ok && t.Equal(at) {
+			delete(o.timers, taskUUID)
+		}
+		o.timerMu.Unlock()
+		select {
+		case o.evalCh <- taskUUID:
+		default: // full: the periodic sweep finds the due retry
+		}
+	})
+}
+
+// CreateTaskParams describes a task to create.
+type CreateTaskParams struct {
+	Namespace, Name, Version string
+	Context                  json.RawMessage
+	IdempotencyKey           string
+	Initiator, SourceSystem  string
+	Reason                   string
+	Tags                     []string
+	Priority                 int
+}
+
+// CreateTask validates the request, then in one transaction inserts the
+// task, its steps and edges, and enqueues the steps that are ready.
+func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, error) {
+	t, err := o.templates.Get(ctx, p.Namespace, p.Name, p.Version)
+	if err != nil {
+		return nil, err
+	}
+	taskCtx, err := normaliseContext(t, p.Context)
+	if err != nil {
+		return nil, err
+	}
+	identity, err := identityHash(t, taskCtx, p.IdempotencyKey)
+	if err != nil {
+		return nil, err
+	}
+	now := o.cfg.Now()
+	task := &store.TaskRow{
+		UUID: uuid.Must(uuid.NewV7()).String(), Namespace: t.Namespace, Name: t.Name, Version: t.Version,
+		State: string(state.TaskPending), Context: taskCtx, IdentityHash: identity, Initiator: p.Initiator,
+		SourceSystem: p.SourceSystem, Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, CreatedAt: now, UpdatedAt: now,
+	}
+	steps := make([]store.StepRow, len(t.Steps))
+	ids := make(map[string]string, len(t.Steps))
+	inserts := make([]store.StepInsert, len(t.Steps))
+	for i, s := range t.Steps {
+		id := uuid.Must(uuid.NewV7()).String()
+		ids[s.Name] = id
+		inserts[i] = store.StepInsert{UUID: id, Name: s.Name, Position: i, Callable: s.Handler.Callable,
+			MaxAttempts: s.Retry.MaxAttempts, Retryable: s.Retry.Retryable}
+		steps[i] = store.StepRow{UUID: id, TaskUUID: task.UUID, Name: s.Name, Namespace: t.Namespace, Position: i,
+			Callable: s.Handler.Callable, State: string(state.StepPending), MaxAttempts: s.Retry.MaxAttempts,
+			Retryable: s.Retry.Retryable, CreatedAt: now, UpdatedAt: now}
+	}
+	var edges []store.Edge
+	for i, s := range t.Steps {
+		for _, dep := range s.Dependencies {
+			edges = append(edges, store.Edge{From: ids[dep], To: ids[s.Name]})
+			steps[i].Parents = append(steps[i].Parents, ids[dep])
+		}
+	}
+	eff := newEffects()
+	err = store.InTx(ctx, o.d, func(tx store.Tx) error {
+		if err := tx.TaskInsert(ctx, store.TaskInsertParams{
+			UUID: task.UUID, Namespace: task.Namespace, Name: task.Name, Version: task.Version, State: task.State,
+			Context: task.Context, IdentityHash: identity, Initiator: p.Initiator, SourceSystem: p.SourceSystem,
+			Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, Now: now,
+		}); err != nil {
+			if errors.Is(err, store.ErrDuplicateIdentity) {
+				return fmt.Errorf("create %s task: %w", t.Key(), ErrDuplicateTask)
+			}
+			return fmt.Errorf("create %s task: %w", t.Key(), err)
+		}
+		if err := tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: task.UUID, Namespace: t.Namespace,
+			Steps: inserts, Edges: edges, Now: now}); err != nil {
+			return fmt.Errorf("create %s task: %w", t.Key(), err)
+		}
+		return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.announce(eff)
+	return task, nil
+}
+
+// normaliseContext checks that the context is a JSON object valid against
+// the template's input_schema and returns it compacted ({} when absent).
+func normaliseContext(t *template.Template, raw json.RawMessage) (json.RawMessage, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		raw = json.RawMessage(`{}`)
+	}
+	if !json.Valid(raw) {
+		return nil, fmt.Errorf("%w: not valid JSON", ErrInvalidContext)
+	}
+	if err := t.ValidateContext(raw); err != nil {
+		return nil, fmt.Errorf("%w for %s: %w", ErrInvalidContext, t.Key(), err)
+	}
+	return raw, nil
+}
+
+// identityHash implements the identity strategies. An idempotency key
+// overrides the template's strategy.
+func identityHash(t *template.Template, taskCtx json.RawMessage, key string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", t.Namespace, t.Name)
+	switch {
+	case key != "":
+		fmt.Fprintf(h, "key\x00%s", key)
+	case t.IdentityStrategy == template.IdentityAlwaysUnique:
+		return "", nil
+	case t.IdentityStrategy == template.IdentityCallerProvided:
+		return "", ErrIdempotencyKeyRequired
+	default:
+		canon, err := canonicalJSON(taskCtx)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidContext, err)
+		}
+		h.Write([]byte("ctx\x00"))
+		h.Write(canon)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// canonicalJSON re-encodes a JSON value with object keys sorted, so that
+// two contexts that differ only in key order or spacing hash alike.
+func canonicalJSON(raw json.RawMessage) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
+
+// evaluate decides, for a task whose row is locked by tx, which steps to
+// enqueue and which state the task moves to, and records both. steps is the
+// current state of every step of the task. resume allows a task that an
+// operator is fixing to leave blocked_by_failures or error.
+func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.TaskRow, steps []store.StepRow,
+	t *template.Template, now time.Time, resume bool, eff *effects) error {
+	cur := state.TaskState(task.State)
+	switch {
+	case cur == state.TaskComplete || cur == state.TaskCancelled || cur == state.TaskResolvedManually:
+		return nil
+	case (cur == state.TaskError || cur == state.TaskBlockedByFailures) && !resume:
+		// Results that arrive late still land on their steps, but only an
+		// operator moves a settled task.
+		return nil
+	}
+	views := make([]StepView, len(steps))
+	for i, s := range steps {
+		views[i] = viewOf(s)
+	}
+	sum := Evaluate(views, now)
+	byUUID := make(map[string]int, len(steps))
+	for i := range steps {
+		byUUID[steps[i].UUID] = i
+	}
+	var msgs []store.QueueMessageInsert
+	for _, id := range sum.Ready {
+		s := &steps[byUUID[id]]
+		if err := tx.StepTransition(ctx, store.StepTransitionParams{
+			UUID: s.UUID, From: s.State, To: string(state.StepEnqueued), Event: string(state.StepEventEnqueue),
+			SetNextRetryAt: true, Now: now,
+		}); err != nil {
+			return fmt.Errorf("enqueue step %s of task %s: %w", s.Name, task.UUID, err)
+		}
+		s.State = string(state.StepEnqueued)
+		msgs = append(msgs, store.QueueMessageInsert{Queue: store.WorkerQueue(task.Namespace), TaskUUID: task.UUID,
+			StepUUID: s.UUID, Priority: task.Priority})
+	}
+	if len(msgs) > 0 {
+		if err := tx.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now}); err != nil {
+			return fmt.Errorf("enqueue steps of task %s: %w", task.UUID, err)
+		}
+		eff.namespaces[task.Namespace] = struct{}{}
+	}
+	enqueued := len(msgs) > 0
+	var target state.TaskState
+	switch {
+	case sum.AllComplete():
+		target = state.TaskComplete
+	case enqueued || sum.InFlight > 0:
+		target = state.TaskStepsInProcess
+	case sum.PendingRetries > 0:
+		target = state.TaskWaitingForRetry
+	case sum.Errored > 0:
+		target = state.TaskBlockedByFailures
+	default:
+		target = state.TaskWaitingForDependencies
+	}
+	if sum.EarliestRetry != nil {
+		if at, ok := eff.retries[task.UUID]; !ok || sum.EarliestRetry.Before(at) {
+			eff.retries[task.UUID] = *sum.EarliestRetry
+		}
+	}
+	events := taskEvents(cur, target, enqueued)
+	from := cur
+	for _, ev := range events {
+		to, err := state.NextTask(from, ev)
+		if err != nil {
+			return fmt.Errorf("task %s: %w", task.UUID, err)
+		}
+		if err := tx.TaskTransition(ctx, store.TaskTransitionParams{UUID: task.UUID, From: string(from), To: string(to),
+			Event: string(ev), Now: now}); err != nil {
+			return err
+		}
+		from = to
+	}
+	if from != cur {
+		task.State = string(from)
+		eff.tasks[task.UUID] = from
+	}
+	return nil
+}
+
+// taskEvents is the path of events that takes a task from cur to target.
+// A task that is processing stays in steps_in_process while results come
+// and go; only a change of phase is recorded.
+func taskEvents(cur, target state.TaskState, enqueued bool) []state.TaskEvent {
+	if cur == target && (cur == state.TaskStepsInProcess || !enqueued) {
+		return nil
+	}
+	var evs []state.TaskEvent
+	switch cur {
+	case state.TaskPending:
+		evs = append(evs, state.TaskEventStart)
+	case state.TaskWaitingForDependencies, state.TaskWaitingForRetry:
+		if enqueued && target == state.TaskStepsInProcess {
+			return []state.TaskEvent{state.TaskEventReadyStepsFound, state.TaskEventStepsEnqueued}
+		}
+		evs = append(evs, state.TaskEventResultsReceived)
+	case state.TaskStepsInProcess:
+		evs = append(evs, state.TaskEventResultsReceived)
+	case state.TaskBlockedByFailures, state.TaskError:
+		evs = append(evs, state.TaskEventResume)
+	case state.TaskInitializing, state.TaskEvaluatingResults:
+	default:
+		return nil
+	}
+	switch target {
+	case state.TaskComplete:
+		evs = append(evs, state.TaskEventAllComplete)
+	case state.TaskStepsInProcess:
+		if enqueued {
+			evs = append(evs, state.TaskEventReadyStepsFound, state.TaskEventStepsEnqueued)
+		} else {
+			evs = append(evs, state.TaskEventStillProcessing)
+		}
+	case state.TaskWaitingForRetry:
+		evs = append(evs, state.TaskEventAwaitRetry)
+	case state.TaskBlockedByFailures:
+		evs = append(evs, state.TaskEventBlocked)
+	case state.TaskWaitingForDependencies:
+		evs = append(evs, state.TaskEventAwaitDeps)
+	}
+	return evs
+}
+
+func viewOf(s store.StepRow) StepView {
+	return StepView{UUID: s.UUID, Name: s.Name, State: state.StepState(s.State), Attempts: s.Attempts,
+		MaxAttempts: s.MaxAttempts, Retryable: s.Retryable, NextRetryAt: s.NextRetryAt, Parents: s.Parents}
+}
+
+// applyResult turns a step's reported outcome into its next state: complete,
+// waiting_for_retry with a backoff, or error. Steps not awaiting
+// orchestration are left alone (a duplicate or late message).
+func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.StepRow, t *template.Template, now time.Time) error {
+	switch state.StepState(s.State) {
+	case state.StepEnqueuedForOrchestration:
+		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+			To: string(state.StepComplete), Event: string(state.StepEventComplete), Now: now}); err != nil {
+			return err
+		}
+		s.State = string(state.StepComplete)
+	case state.StepEnqueuedAsErrorForOrchestration:
+		var info store.StepErrorInfo
+		if len(s.Error) > 0 {
+			if err := json.Unmarshal(s.Error, &info); err != nil {
+				info = store.StepErrorInfo{Message: string(s.Error), Retryable: true}
+			}
+		}
+		var retry template.Retry
+		if def, ok := t.Step(s.Name); ok {
+			retry = def.Retry
+		}
+		if info.Retryable && s.Retryable && s.Attempts < s.MaxAttempts {
+			delay := Backoff(retry, s.Attempts, o.cfg.JitterFraction, rand.Float64())
+			if ra := time.Duration(info.RetryAfterMS) * time.Millisecond; ra > delay {
+				delay = ra
+			}
+			next := now.Add(delay)
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
+				SetNextRetryAt: true, NextRetryAt: &next,
+				Metadata: mustJSON(map[string]any{"backoff_ms": delay.Milliseconds(), "attempt": s.Attempts})}); err != nil {
+				return err
+			}
+			s.State, s.NextRetryAt = string(state.StepWaitingForRetry), &next
+		} else {
+			reason := "not retryable"
+			if info.Retryable {
+				reason = fmt.Sprintf("attempts exhausted (%d of %d)", s.Attempts, s.MaxAttempts)
+			}
+			if !s.Retryable {
+				reason = "step is not retryable"
+			}
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+				To: string(state.StepError), Event: string(state.StepEventFail), Now: now, SetNextRetryAt: true,
+				Metadata: mustJSON(map[string]any{"reason": reason})}); err != nil {
+				return err
+			}
+			s.State, s.NextRetryAt = string(state.StepError), nil
+		}
+	}
+	return nil
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called with maps of plain values
+	}
+	return b
+}
+
+// processTask locks a task, applies the results of the given steps and
+// re-evaluates it.
+func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID string, resultSteps map[string]bool,
+	now time.Time, eff *effects) error {
+	task, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: taskUUID, ForUpdate: true})
+	if err != nil {
+		return err
+	}
+	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+	if err != nil {
+		return err
+	}
+	t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", taskUUID, err)
+	}
+	for i := range steps {
+		if resultSteps[steps[i].UUID] {
+			if err := o.applyResult(ctx, tx, &steps[i], t, now); err != nil {
+				return fmt.Errorf("task %s step %s: %w", taskUUID, steps[i].Name, err)
+			}
+		}
+	}
+	return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
+}
+
+// CompleteSteps records handler outcomes and, in the same transaction,
+// processes them: the in-process path used when a worker shares the
+// process with an orchestrator. The returned slice has, per completion, nil
+// or the reason it was refused (store.ErrLeaseLost).
+func (o *Orchestrator) CompleteSteps(ctx context.Context, completions []store.StepCompletion) ([]error, error) {
+	eff := newEffects()
+	var refused []error
+	now := o.cfg.Now()
+	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		var err error
+		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: completions, Now: now})
+		if err != nil {
+			return err
+		}
+		byTask := map[string]map[string]bool{}
+		var order []string
+		for i, c := range completions {
+			if refused[i] != nil {
+				continue
+			}
+			if byTask[c.TaskUUID] == nil {
+				byTask[c.TaskUUID] = map[string]bool{}
+				order = append(order, c.TaskUUID)
+			}
+			byTask[c.TaskUUID][c.StepUUID] = true
+		}
+		for _, id := range order {
+			if err := o.processTask(ctx, tx, id, byTask[id], now, eff); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.announce(eff)
+	return refused, nil
+}
+
+// ForwardCompletions records handler outcomes and queues them for whichever
+// orchestrator claims them: the path used by a worker-only process.
+func ForwardCompletions(ctx context.Context, d store.Driver, completions []store.StepCompletion) ([]error, error) {
+	var refused []error
+	now := time.Now()
+	err := store.InTx(ctx, d, func(tx store.Tx) error {
+		var err error
+		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: completions, Now: now})
+		if err != nil {
+			return err
+		}
+		var msgs []store.QueueMessageInsert
+		for i, c := range completions {
+			if refused[i] == nil {
+				msgs = append(msgs, store.QueueMessageInsert{Queue: store.OrchestrationQueue, TaskUUID: c.TaskUUID, StepUUID: c.StepUUID})
+			}
+		}
+		return tx.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now})
+	})
+	return refused, err
+}
+
+// EvaluateTask re-evaluates one task: enqueues steps whose retry backoff
+// ended, and settles it if nothing more can happen.
+func (o *Orchestrator) EvaluateTask(ctx context.Context, taskUUID string) error {
+	eff := newEffects()
+	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		return o.processTask(ctx, tx, taskUUID, nil, o.cfg.Now(), eff)
+	})
+	if err != nil {
+		return err
+	}
+	o.announce(eff)
+	return nil
+}
+
+// CancelTask cancels a task and every step of it that has not finished. A
+// handler still running for a cancelled step has its result refused.
+func (o *Orchestrator) CancelTask(ctx context.Context, taskUUID, actor, reason string) (*store.TaskRow, error) {
+	eff := newEffects()
+	var task *store.TaskRow
+	now := o.cfg.Now()
+	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		var err error
+		task, err = tx.TaskGet(ctx, store.TaskGetParams{UUID: taskUUID, ForUpdate: true})
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("cancel task %s: %w", taskUUID, ErrTaskNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		cur := state.TaskState(task.State)
+		if cur.Terminal() {
+			return fmt.Errorf("cancel task %s: %w (state %s)", taskUUID, ErrTaskFinished, cur)
+		}
+		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+		if err != nil {
+			return err
+		}
+		md := mustJSON(map[string]any{"actor": actor, "reason": reason})
+		var ids []string
+		for _, s := range steps {
+			if state.StepState(s.State).Terminal() {
+				continue
+			}
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+				To: string(state.StepCancelled), Event: string(state.StepEventCancel), Metadata: md, Now: now}); err != nil {
+				return err
+			}
+			ids = append(ids, s.UUID)
+		}
+		if _, err := tx.QueueDeleteForSteps(ctx, store.QueueDeleteForStepsParams{StepUUIDs: ids}); err != nil {
+			return err
+		}
+		if err := tx.TaskTransition(ctx, store.TaskTransitionParams{UUID: taskUUID, From: task.State,
+			To: string(state.TaskCancelled), Event: string(state.TaskEventCancel), Metadata: md, Now: now}); err != nil {
+			return err
+		}
+		task.State = string(state.TaskCancelled)
+		eff.tasks[taskUUID] = state.TaskCancelled
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.announce(eff)
+	return task, nil
+}
+
+// StepAction is an operator's manual action on a step.
+type StepAction string
+
+// Manual step actions.
+const (
+	ActionResetForRetry    StepAction = "reset_for_retry"
+	ActionResolveManually  StepAction = "resolve_manually"
+	ActionCompleteManually StepAction = "complete_manually"
+)
+
+// StepActionParams describes a manual step action.
+type StepActionParams struct {
+	TaskUUID, StepUUID string
+	Action             StepAction
+	// Result is the step's result for complete_manually (JSON; default null).
+	Result json.RawMessage
+	// Actor and Reason are recorded in the step's history.
+	Actor, Reason string
+}
+
+// ApplyStepAction applies an operator's action and re-evaluates the task in
+// the same transaction, so a task blocked by the step moves on.
+func (o *Orchestrator) ApplyStepAction(ctx context.Context, p StepActionParams) (*store.StepRow, error) {
+	var ev state.StepEvent
+	switch p.Action {
+	case ActionResetForRetry:
+		ev = state.StepEventResetForRetry
+	case ActionResolveManually:
+		ev = state.StepEventResolveManually
+	case ActionCompleteManually:
+		ev = state.StepEventCompleteManually
+		if len(p.Result) == 0 {
+			p.Result = json.RawMessage("null")
+		}
+		if !json.Valid(p.Result) {
+			return nil, fmt.Errorf("complete step %s manually: result is not valid JSON", p.StepUUID)
+		}
+	default:
+		return nil, fmt.Errorf("unknown step action %q (want reset_for_retry, resolve_manually or complete_manually)", p.Action)
+	}
+	eff := newEffects()
+	var out *store.StepRow
+	now := o.cfg.Now()
+	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		task, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: p.TaskUUID, ForUpdate: true})
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%s: %w: %s", p.Action, ErrTaskNotFound, p.TaskUUID)
+		}
+		if err != nil {
+			return err
+		}
+		if st := state.TaskState(task.State); st == state.TaskComplete || st == state.TaskCancelled || st == state.TaskResolvedManually {
+			return fmt.Errorf("%s on step %s: %w (task state %s)", p.Action, p.StepUUID, ErrTaskFinished, st)
+		}
+		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: p.TaskUUID})
+		if err != nil {
+			return err
+		}
+		idx := -1
+		for i := range steps {
+			if steps[i].UUID == p.StepUUID {
+				idx = i
+			}
+		}
+		if idx < 0 {
+			return fmt.Errorf("%s: %w: %s in task %s", p.Action, ErrStepNotFound, p.StepUUID, p.TaskUUID)
+		}
+		s := &steps[idx]
+		to, err := state.NextStep(state.StepState(s.State), ev)
+		if err != nil {
+			return fmt.Errorf("%s on step %s: %w", p.Action, s.Name, err)
+		}
+		params := store.StepTransitionParams{UUID: s.UUID, From: s.State, To: string(to), Event: string(ev), Now: now,
+			Metadata:       mustJSON(map[string]any{"actor": p.Actor, "reason": p.Reason, "action": p.Action}),
+			SetNextRetryAt: true}
+		switch p.Action {
+		case ActionResetForRetry:
+			params.ResetAttempts = true
+			s.Attempts = 0
+		case ActionCompleteManually:
+			params.SetResult, params.Result = true, p.Result
+			s.Result = p.Result
+		}
+		if err := tx.StepTransition(ctx, params); err != nil {
+			return err
+		}
+		s.State, s.NextRetryAt = string(to), nil
+		t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
+		if err != nil {
+			return err
+		}
+		if err := o.evaluate(ctx, tx, task, steps, t, now, true, eff); err != nil {
+			return err
+		}
+		out = s
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	o.announce(eff)
+	return out, nil
+}
+
+// TaskStatus reads a task, its steps and their readiness.
+func (o *Orchestrator) TaskStatus(ctx context.Context, taskUUID string) (*store.TaskRow, []store.StepRow, Summary, error) {
+	r := o.d.Reader()
+	task, err := r.TaskGet(ctx, store.TaskGetParams{UUID: taskUUID})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, Summary{}, fmt.Errorf("%w: %s", ErrTaskNotFound, taskUUID)
+	}
+	if err != nil {
+		return nil, nil, Summary{}, err
+	}
+	steps, err := r.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+	if err != nil {
+		return nil, nil, Summary{}, err
+	}
+	views := make([]StepView, len(steps))
+	for i, s := range steps {
+		views[i] = viewOf(s)
+	}
+	return task, steps, Evaluate(views, o.cfg.Now()), nil
+}
+
+// sortedKeys returns a map's keys in order, for deterministic processing.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

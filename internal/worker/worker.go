@@ -1,0 +1,632 @@
+// Package worker runs step handlers: the dual-channel pipeline.
+//
+//	queue ─▶ claim loop ─▶ dispatch channel ─▶ dispatcher (semaphore, N permits)
+//	      ─▶ handler (timeout, panic recovery) ─▶ release permit
+//	      ─▶ completion channel  ← the result is committed to the pipeline here
+//	      ─▶ only then: post-handler callback (domain events)
+//	      ─▶ completion processor ─▶ one transaction per batch of results
+//
+// Every claimed step produces exactly one result. A full completion channel
+// blocks the goroutines that carry results, which keeps the claim loop from
+// claiming more (nothing is dropped after a claim). Claimed steps carry a
+// lease that a heartbeat extends until their result is written; a step
+// whose worker dies is rescued by an orchestrator when its lease runs out.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/internal/chanmon"
+	"github.com/tasker-go/tasker/store"
+)
+
+// HandlerFunc runs one attempt of a step. The resolver binds it to the
+// step, so it takes only the attempt's context.
+type HandlerFunc func(ctx context.Context) (any, error)
+
+// Prepared is a step made ready to run.
+type Prepared struct {
+	Handler HandlerFunc
+	// Timeout bounds the attempt; zero uses Config.DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Resolver prepares a claimed step: finds its handler and builds what the
+// handler reads. It returns a *HandlerNotFoundError when no handler is
+// registered for the step's callable.
+type Resolver func(ctx context.Context, step *store.ClaimedStep) (Prepared, error)
+
+// Completer writes a batch of results in one transaction. The returned
+// slice has, per completion, nil or the reason it was refused.
+type Completer func(ctx context.Context, completions []store.StepCompletion) ([]error, error)
+
+// Result is the outcome of one attempt.
+type Result struct {
+	Step     store.ClaimedStep
+	Success  bool
+	Value    json.RawMessage      // on success
+	Error    *store.StepErrorInfo // on failure
+	Started  time.Time
+	Finished time.Time
+}
+
+// PostHandlerCallback runs after a result was accepted by the completion
+// channel, never before and never for a result the channel refused.
+// Its failures are its own: they never change the step's outcome.
+type PostHandlerCallback interface {
+	OnHandlerComplete(ctx context.Context, r *Result)
+}
+
+// Config configures a Worker. Zero values take the documented defaults.
+type Config struct {
+	// Owner identifies this worker in leases, history and logs.
+	Owner string
+	// Queues are the step queues to claim from (store.WorkerQueue(ns)).
+	Queues []string
+	// Concurrency is the number of handlers that run at once. Default 10.
+	Concurrency int
+	// CompletionBuffer is the completion channel's capacity. Default 100.
+	CompletionBuffer int
+	// ClaimBatch caps how many steps one claim takes. Default Concurrency.
+	ClaimBatch int
+	// LoadShedThreshold stops claiming while in-flight steps reach this
+	// fraction of Concurrency. Default 1.0 (stop when every permit is
+	// spoken for). Claims also stop while the completion channel is
+	// critically saturated.
+	LoadShedThreshold float64
+	// StepLease is how long a claim is valid without a heartbeat. Default 30s.
+	StepLease time.Duration
+	// HeartbeatInterval is how often leases are extended. Default StepLease/3.
+	HeartbeatInterval time.Duration
+	// DefaultTimeout bounds an attempt whose step sets no timeout_seconds.
+	// Default 5m.
+	DefaultTimeout time.Duration
+	// PollInterval is how often the queue is checked without a wake-up
+	// signal (work enqueued by other processes). Default 500ms.
+	PollInterval time.Duration
+	// CompletionBatch caps the results written in one transaction. Default 64.
+	CompletionBatch int
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+	// Monitors, if set, receives the worker's channel monitors.
+	Monitors *chanmon.Registry
+}
+
+func (c *Config) setDefaults() {
+	if c.Owner == "" {
+		c.Owner = "worker-" + uuid.NewString()[:8]
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 10
+	}
+	if c.CompletionBuffer <= 0 {
+		c.CompletionBuffer = 100
+	}
+	if c.ClaimBatch <= 0 {
+		c.ClaimBatch = c.Concurrency
+	}
+	if c.LoadShedThreshold <= 0 || c.LoadShedThreshold > 1 {
+		c.LoadShedThreshold = 1
+	}
+	if c.StepLease <= 0 {
+		c.StepLease = 30 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = c.StepLease / 3
+	}
+	if c.DefaultTimeout <= 0 {
+		c.DefaultTimeout = 5 * time.Minute
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 500 * time.Millisecond
+	}
+	if c.CompletionBatch <= 0 {
+		c.CompletionBatch = 64
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+type lease struct {
+	token  string
+	cancel context.CancelCauseFunc // cancels the running handler, if any
+}
+
+// Worker claims and runs steps.
+type Worker struct {
+	d        store.Driver
+	resolve  Resolver
+	complete Completer
+	callback PostHandlerCallback
+	cfg      Config
+	log      *slog.Logger
+
+	dispatch   *chanmon.Chan[*store.ClaimedStep]
+	completion *chanmon.Chan[*Result]
+	sem        chan struct{}
+	wake       chan struct{}
+
+	inFlight atomic.Int64 // claimed, result not yet in the completion channel
+
+	queueMu sync.Mutex
+	queues  []string
+
+	leaseMu sync.Mutex
+	leases  map[int64]*lease
+
+	life        sync.Mutex
+	started     bool
+	stopped     bool
+	baseCancel  context.CancelCauseFunc
+	claimCancel context.CancelCauseFunc
+	hCtx        context.Context
+	hCancel     context.CancelCauseFunc
+	handlers    sync.WaitGroup
+	claimDone   chan struct{}
+	dispDone    chan struct{}
+	compDone    chan struct{}
+	beatDone    chan struct{}
+}
+
+// New returns a worker. callback may be nil.
+func New(d store.Driver, resolve Resolver, complete Completer, callback PostHandlerCallback, cfg Config) *Worker {
+	cfg.setDefaults()
+	w := &Worker{
+		d: d, resolve: resolve, complete: complete, callback: callback, cfg: cfg, log: cfg.Logger,
+		dispatch:   chanmon.New[*store.ClaimedStep]("worker.dispatch", cfg.Concurrency),
+		completion: chanmon.New[*Result]("worker.completion", cfg.CompletionBuffer),
+		sem:        make(chan struct{}, cfg.Concurrency),
+		wake:       make(chan struct{}, 1),
+		leases:     map[int64]*lease{},
+		queues:     append([]string(nil), cfg.Queues...),
+	}
+	if cfg.Monitors != nil {
+		_ = cfg.Monitors.Register(w.dispatch)
+		_ = cfg.Monitors.Register(w.completion)
+	}
+	return w
+}
+
+// AddQueues adds step queues to claim from.
+func (w *Worker) AddQueues(queues ...string) {
+	w.queueMu.Lock()
+	defer w.queueMu.Unlock()
+next:
+	for _, q := range queues {
+		for _, have := range w.queues {
+			if have == q {
+				continue next
+			}
+		}
+		w.queues = append(w.queues, q)
+	}
+	w.Wake()
+}
+
+// Wake tells the claim loop that steps may be waiting.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// CompletionStats returns the completion channel's monitor.
+func (w *Worker) CompletionStats() chanmon.Stats { return w.completion.Stats() }
+
+// DispatchStats returns the dispatch channel's monitor.
+func (w *Worker) DispatchStats() chanmon.Stats { return w.dispatch.Stats() }
+
+// InFlight is the number of claimed steps whose result has not yet entered
+// the completion channel.
+func (w *Worker) InFlight() int { return int(w.inFlight.Load()) }
+
+// Start launches the pipeline. A second Start is a no-op; Start after Stop
+// is an error.
+func (w *Worker) Start(ctx context.Context) error {
+	w.life.Lock()
+	defer w.life.Unlock()
+	if w.stopped {
+		return errors.New("worker: start after stop")
+	}
+	if w.started {
+		return nil
+	}
+	w.started = true
+	base, baseCancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	claimCtx, claimCancel := context.WithCancelCause(ctx)
+	w.baseCancel, w.claimCancel = baseCancel, claimCancel
+	w.hCtx, w.hCancel = context.WithCancelCause(base)
+	w.claimDone, w.dispDone = make(chan struct{}), make(chan struct{})
+	w.compDone, w.beatDone = make(chan struct{}), make(chan struct{})
+	go w.runClaims(claimCtx)
+	go w.runDispatcher()
+	go w.runCompletions(base)
+	go w.runHeartbeats(base)
+	return nil
+}
+
+// Stop drains the pipeline: it stops claiming, lets handlers in flight
+// finish within ctx's budget, writes every result that reached the
+// completion channel, then returns. Handlers still running when the budget
+// ends are cancelled; their steps are released to lease expiry, never lost.
+func (w *Worker) Stop(ctx context.Context) error {
+	w.life.Lock()
+	if !w.started || w.stopped {
+		w.stopped = true
+		w.life.Unlock()
+		return nil
+	}
+	w.stopped = true
+	w.life.Unlock()
+
+	w.claimCancel(ErrStopping)
+	<-w.claimDone
+	w.dispatch.Close()
+	<-w.dispDone
+
+	handlersDone := make(chan struct{})
+	go func() {
+		w.handlers.Wait()
+		close(handlersDone)
+	}()
+	var budgetErr error
+	select {
+	case <-handlersDone:
+	case <-ctx.Done():
+		budgetErr = fmt.Errorf("stop worker: drain budget exhausted with %d steps in flight: %w", w.InFlight(), context.Cause(ctx))
+		w.hCancel(ErrStopping)
+		select {
+		case <-handlersDone:
+		case <-time.After(time.Second):
+			w.log.Warn("handlers ignored cancellation; their steps return through lease expiry", "in_flight", w.InFlight())
+		}
+	}
+	w.completion.Close()
+	select {
+	case <-w.compDone:
+	case <-ctx.Done():
+		if budgetErr == nil {
+			budgetErr = fmt.Errorf("stop worker: writing results: %w", context.Cause(ctx))
+		}
+		select {
+		case <-w.compDone:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	w.baseCancel(ErrStopping)
+	<-w.beatDone
+	return budgetErr
+}
+
+func (w *Worker) runClaims(ctx context.Context) {
+	defer close(w.claimDone)
+	tick := time.NewTicker(w.cfg.PollInterval)
+	defer tick.Stop()
+	backoff := 10 * time.Millisecond
+	for {
+		n, err := w.claimOnce(ctx)
+		if err != nil && ctx.Err() == nil {
+			w.log.Error("claim steps", "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		if n > 0 {
+			continue // there may be more
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// capacity is how many more steps may be claimed now.
+func (w *Worker) capacity() int {
+	if w.completion.Stats().Level == chanmon.Critical {
+		return 0
+	}
+	limit := int(float64(w.cfg.Concurrency) * w.cfg.LoadShedThreshold)
+	if limit < 1 {
+		limit = 1
+	}
+	return min(limit-int(w.inFlight.Load()), w.cfg.ClaimBatch)
+}
+
+func (w *Worker) claimOnce(ctx context.Context) (int, error) {
+	n := w.capacity()
+	w.queueMu.Lock()
+	queues := append([]string(nil), w.queues...)
+	w.queueMu.Unlock()
+	if n <= 0 || len(queues) == 0 {
+		return 0, nil
+	}
+	var claimed []store.ClaimedStep
+	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
+		var err error
+		claimed, err = tx.StepsClaim(ctx, store.StepsClaimParams{Queues: queues, Limit: n,
+			Lease: w.cfg.StepLease, Owner: w.cfg.Owner, Now: time.Now()})
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	for i := range claimed {
+		c := &claimed[i]
+		w.inFlight.Add(1)
+		w.leaseMu.Lock()
+		w.leases[c.Message.ID] = &lease{token: c.Message.LeaseToken}
+		w.leaseMu.Unlock()
+		// The claim took no more than the free capacity, so this send does
+		// not wait in practice; if it ever does, it is backpressure.
+		if err := w.dispatch.Send(context.WithoutCancel(ctx), c); err != nil {
+			w.log.Error("dispatch claimed step", "step_uuid", c.StepUUID, "error", err)
+		}
+	}
+	return len(claimed), nil
+}
+
+func (w *Worker) runDispatcher() {
+	defer close(w.dispDone)
+	for c := range w.dispatch.Recv() {
+		w.sem <- struct{}{} // acquire a permit; blocks while all handlers are busy
+		w.handlers.Add(1)
+		go w.execute(c)
+	}
+}
+
+// execute runs one claimed step and hands its result to the completion
+// channel, then to the callback.
+func (w *Worker) execute(c *store.ClaimedStep) {
+	defer w.handlers.Done()
+	res := w.runHandler(c) // releases the permit before returning
+	sent := w.completion.Send(w.hCtxForSend(), res)
+	w.inFlight.Add(-1)
+	w.Wake()
+	if sent != nil {
+		// The channel closed (shutdown past budget): the result is not
+		// written, so no event may be published; the lease returns the step.
+		w.log.Warn("result not accepted by completion channel; step returns via lease expiry",
+			"task_uuid", c.TaskUUID, "step_uuid", c.StepUUID, "error", sent)
+		return
+	}
+	if w.callback != nil {
+		w.callback.OnHandlerComplete(context.WithoutCancel(w.hCtx), res)
+	}
+}
+
+// hCtxForSend is the context for a completion send: never cancelled by the
+// drain budget, because a result that exists must wait for room rather than
+// be dropped; only closing the channel refuses it.
+func (w *Worker) hCtxForSend() context.Context { return context.WithoutCancel(w.hCtx) }
+
+func (w *Worker) runHandler(c *store.ClaimedStep) *Result {
+	res := &Result{Step: *c, Started: time.Now()}
+	release := func() { <-w.sem }
+	fail := func(info *store.StepErrorInfo) *Result {
+		info.Attempt = c.Attempt
+		res.Error, res.Finished = info, time.Now()
+		return res
+	}
+	prep, err := w.resolve(w.hCtx, c)
+	if err != nil {
+		release()
+		info := classify(err, nil)
+		var nf *HandlerNotFoundError
+		if !errors.As(err, &nf) {
+			info = &store.StepErrorInfo{Type: store.ErrorTypeHandler, Retryable: true, Message: "prepare step: " + err.Error()}
+		}
+		return fail(info)
+	}
+	timeout := prep.Timeout
+	if timeout <= 0 {
+		timeout = w.cfg.DefaultTimeout
+	}
+	ctx, cancel := context.WithCancelCause(w.hCtx)
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout, errStepTimeout)
+	w.leaseMu.Lock()
+	if l, ok := w.leases[c.Message.ID]; ok {
+		l.cancel = cancel
+	}
+	w.leaseMu.Unlock()
+
+	type outcome struct {
+		v   any
+		err error
+		pan *store.StepErrorInfo
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- outcome{pan: &store.StepErrorInfo{Type: store.ErrorTypePanic,
+					Message: fmt.Sprintf("handler panicked: %v\n%s", p, debug.Stack())}}
+			}
+		}()
+		v, err := prep.Handler(ctx)
+		done <- outcome{v: v, err: err}
+	}()
+	var out outcome
+	select {
+	case out = <-done:
+		release()
+		cancelTimeout()
+		cancel(nil)
+	case <-ctx.Done():
+		// Timed out, interrupted by shutdown, or the lease was lost. The
+		// handler keeps its permit until it actually returns, so a handler
+		// that ignores cancellation still counts against concurrency.
+		cause := context.Cause(ctx)
+		go func() {
+			<-done
+			release()
+			cancelTimeout()
+			cancel(nil)
+		}()
+		return fail(classify(fmt.Errorf("%w after %s", cause, time.Since(res.Started).Round(time.Millisecond)), cause))
+	}
+	switch {
+	case out.pan != nil:
+		return fail(out.pan)
+	case out.err != nil:
+		return fail(classify(out.err, context.Cause(ctx)))
+	}
+	b, err := json.Marshal(out.v)
+	if err != nil {
+		return fail(&store.StepErrorInfo{Type: store.ErrorTypeUnserializable,
+			Message: fmt.Sprintf("handler result cannot be marshalled to JSON: %v", err)})
+	}
+	res.Success, res.Value, res.Finished = true, b, time.Now()
+	return res
+}
+
+func (w *Worker) runCompletions(ctx context.Context) {
+	defer close(w.compDone)
+	batch := make([]*Result, 0, w.cfg.CompletionBatch)
+	for {
+		first, ok := <-w.completion.Recv()
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < w.cfg.CompletionBatch {
+			select {
+			case r, ok := <-w.completion.Recv():
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		w.writeResults(ctx, batch)
+	}
+}
+
+// writeResults writes a batch, retrying while the database is unavailable:
+// a result that reached the completion channel is never dropped by the
+// worker. If the process stops before it is written, the lease expires and
+// the step is rescued.
+func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
+	comps := make([]store.StepCompletion, len(batch))
+	for i, r := range batch {
+		md, _ := json.Marshal(map[string]any{"worker": w.cfg.Owner, "duration_ms": r.Finished.Sub(r.Started).Milliseconds()})
+		comps[i] = store.StepCompletion{MessageID: r.Step.Message.ID, LeaseToken: r.Step.Message.LeaseToken,
+			TaskUUID: r.Step.TaskUUID, StepUUID: r.Step.StepUUID, Attempt: r.Step.Attempt, Success: r.Success,
+			Result: r.Value, Metadata: md}
+		if !r.Success {
+			comps[i].Error, _ = json.Marshal(r.Error)
+		}
+	}
+	delay := 10 * time.Millisecond
+	for {
+		refused, err := w.complete(ctx, comps)
+		if err == nil {
+			for i, rerr := range refused {
+				if rerr != nil {
+					w.log.Warn("step result refused", "task_uuid", comps[i].TaskUUID, "step_uuid", comps[i].StepUUID,
+						"attempt", comps[i].Attempt, "error", rerr)
+				}
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			w.log.Error("results not written before shutdown; steps return via lease expiry", "count", len(comps), "error", err)
+			break
+		}
+		w.log.Error("write step results; retrying", "count", len(comps), "error", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+	w.leaseMu.Lock()
+	for _, c := range comps {
+		delete(w.leases, c.MessageID)
+	}
+	w.leaseMu.Unlock()
+}
+
+func (w *Worker) runHeartbeats(ctx context.Context) {
+	defer close(w.beatDone)
+	tick := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		w.heartbeat(ctx)
+	}
+}
+
+// heartbeat extends every lease this worker holds in one transaction. A
+// lease found lost cancels its handler: its result would be refused.
+func (w *Worker) heartbeat(ctx context.Context) {
+	w.leaseMu.Lock()
+	ids := make(map[int64]string, len(w.leases))
+	for id, l := range w.leases {
+		ids[id] = l.token
+	}
+	w.leaseMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	var lost []int64
+	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
+		lost = lost[:0]
+		now := time.Now()
+		for id, token := range ids {
+			err := tx.QueueExtend(ctx, store.QueueExtendParams{ID: id, Token: token, Lease: w.cfg.StepLease, Now: now})
+			if errors.Is(err, store.ErrLeaseLost) {
+				lost = append(lost, id)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Error("extend step leases", "error", err)
+		}
+		return
+	}
+	w.leaseMu.Lock()
+	for _, id := range lost {
+		if l, ok := w.leases[id]; ok {
+			// A lease can be "lost" because its result was just written and
+			// the message deleted; only a still-running handler is told.
+			if l.cancel != nil {
+				l.cancel(errLeaseLost)
+			}
+			delete(w.leases, id)
+		}
+	}
+	w.leaseMu.Unlock()
+}

@@ -1,0 +1,262 @@
+// Package tasker is a workflow orchestration engine: it runs DAGs of steps
+// declared in YAML task templates, with Go handlers, on an embedded SQLite
+// file or (in cluster mode) a shared PostgreSQL.
+//
+// A minimal program opens an engine, registers a template and its
+// handlers, starts the engine and creates tasks:
+//
+//	eng, err := tasker.Open(ctx, tasker.Config{DatabaseURL: "sqlite://app.db"})
+//	...
+//	err = eng.RegisterTemplate(ctx, yamlDoc)
+//	eng.Handle("orders.charge", tasker.HandlerFunc(charge))
+//	err = eng.Start(ctx)
+//	task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "orders", Name: "checkout", Context: input})
+//	task, err = eng.WaitTask(ctx, task.UUID)
+//
+// CreateTask, GetTask, WaitTask and TaskSteps also work on an engine that
+// was never started, so a process can act as a client of engines that run
+// elsewhere on the same database.
+package tasker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tasker-go/tasker/internal/orchestration"
+	"github.com/tasker-go/tasker/state"
+	"github.com/tasker-go/tasker/template"
+)
+
+// Errors callers tell apart with errors.Is.
+var (
+	// ErrDuplicateTask is returned by CreateTask when a task with the same
+	// identity exists (see the template's identity_strategy).
+	ErrDuplicateTask = orchestration.ErrDuplicateTask
+	// ErrTemplateNotFound is returned when no template matches a request's
+	// namespace, name and version.
+	ErrTemplateNotFound = orchestration.ErrTemplateNotFound
+	// ErrInvalidContext is returned when a task context is not a JSON object
+	// or fails the template's input_schema.
+	ErrInvalidContext = orchestration.ErrInvalidContext
+	// ErrIdempotencyKeyRequired is returned for a template with
+	// identity_strategy caller_provided when no IdempotencyKey is given.
+	ErrIdempotencyKeyRequired = orchestration.ErrIdempotencyKeyRequired
+	// ErrTaskNotFound is returned for an unknown task UUID.
+	ErrTaskNotFound = orchestration.ErrTaskNotFound
+	// ErrStepNotFound is returned for an unknown step UUID.
+	ErrStepNotFound = orchestration.ErrStepNotFound
+	// ErrTaskFinished is returned when cancelling or changing a finished task.
+	ErrTaskFinished = orchestration.ErrTaskFinished
+	// ErrInvalidTemplate is matched by template validation errors.
+	ErrInvalidTemplate = template.ErrInvalidTemplate
+	// ErrIllegalTransition is matched by a manual action that the step's
+	// state does not allow.
+	ErrIllegalTransition = state.ErrIllegalTransition
+)
+
+// Config configures an Engine. Every field is optional; zero values take the
+// documented defaults, and Open rejects invalid values naming the field.
+type Config struct {
+	// DatabaseURL selects the store: "sqlite:///abs/path.db",
+	// "sqlite://relative.db", or "postgres://…". Empty means the SQLite
+	// file ./tasker.db.
+	DatabaseURL string
+
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+
+	// Concurrency is how many step handlers run at once in this process.
+	// Default 10.
+	Concurrency int
+	// CompletionBuffer is the capacity of the worker's completion channel.
+	// Default 100.
+	CompletionBuffer int
+	// Namespaces limits the worker to these namespaces. Default: every
+	// namespace with a registered template.
+	Namespaces []string
+	// StepLease is how long a claimed step stays owned by its worker without
+	// a heartbeat; a step whose worker died is retried after it. Default 30s.
+	StepLease time.Duration
+	// DefaultStepTimeout bounds an attempt of a step whose template sets no
+	// timeout_seconds. Default 5m.
+	DefaultStepTimeout time.Duration
+	// PollInterval is how often the engine looks for work that no in-process
+	// signal announced (work from other processes, due retries, expired
+	// leases). Default 500ms.
+	PollInterval time.Duration
+	// RetryJitter spreads retry delays by up to ±this fraction. Default
+	// 0.1; a negative value disables jitter.
+	RetryJitter float64
+
+	// SQLiteSynchronous is SQLite's synchronous pragma, NORMAL (default)
+	// or FULL.
+	SQLiteSynchronous string
+	// SQLiteBusyTimeout is how long SQLite waits for another process's
+	// lock. Default 10s.
+	SQLiteBusyTimeout time.Duration
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	check := func(ok bool, field, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf("tasker: Config.%s %s", field, fmt.Sprintf(format, args...)))
+		}
+	}
+	check(c.Concurrency >= 0, "Concurrency", "must not be negative, got %d", c.Concurrency)
+	check(c.CompletionBuffer >= 0, "CompletionBuffer", "must not be negative, got %d", c.CompletionBuffer)
+	check(c.StepLease >= 0, "StepLease", "must not be negative, got %s", c.StepLease)
+	check(c.StepLease == 0 || c.StepLease >= 100*time.Millisecond, "StepLease", "must be at least 100ms, got %s", c.StepLease)
+	check(c.DefaultStepTimeout >= 0, "DefaultStepTimeout", "must not be negative, got %s", c.DefaultStepTimeout)
+	check(c.PollInterval >= 0, "PollInterval", "must not be negative, got %s", c.PollInterval)
+	check(c.RetryJitter <= 1, "RetryJitter", "must be at most 1, got %g", c.RetryJitter)
+	check(c.SQLiteBusyTimeout >= 0, "SQLiteBusyTimeout", "must not be negative, got %s", c.SQLiteBusyTimeout)
+	switch strings.ToUpper(c.SQLiteSynchronous) {
+	case "", "NORMAL", "FULL":
+	default:
+		check(false, "SQLiteSynchronous", "must be NORMAL or FULL, got %q", c.SQLiteSynchronous)
+	}
+	return errors.Join(errs...)
+}
+
+// parseDatabaseURL returns the driver name and its address.
+func parseDatabaseURL(raw string) (driver, addr string, err error) {
+	if raw == "" {
+		return "sqlite", "tasker.db", nil
+	}
+	switch {
+	case strings.HasPrefix(raw, "sqlite://"):
+		rest := strings.TrimPrefix(raw, "sqlite://")
+		if i := strings.IndexByte(rest, '?'); i >= 0 {
+			rest = rest[:i]
+		}
+		if rest == "" {
+			return "", "", fmt.Errorf("tasker: Config.DatabaseURL %q names no file", raw)
+		}
+		p, err := url.PathUnescape(rest)
+		if err != nil {
+			return "", "", fmt.Errorf("tasker: Config.DatabaseURL %q: %w", raw, err)
+		}
+		return "sqlite", p, nil
+	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
+		return "postgres", raw, nil
+	}
+	return "", "", fmt.Errorf("tasker: Config.DatabaseURL %q: unsupported scheme (want sqlite:// or postgres://)", raw)
+}
+
+// TaskRequest asks for a new task.
+type TaskRequest struct {
+	// Namespace, Name and Version select the template; an empty Version
+	// selects the highest registered version.
+	Namespace, Name, Version string
+	// Context is the task's input, marshalled to JSON; it must be a JSON
+	// object (nil means {}) valid against the template's input_schema.
+	Context any
+	// IdempotencyKey, when set, is the task's identity regardless of the
+	// template's identity_strategy: a second request with the same key for
+	// the same template fails with ErrDuplicateTask.
+	IdempotencyKey string
+	// Initiator, SourceSystem and Reason are recorded with the task.
+	Initiator, SourceSystem, Reason string
+	Tags                            []string
+	// Priority orders claims: higher runs first.
+	Priority int
+}
+
+// Task is a task's current state.
+type Task struct {
+	UUID, Namespace, Name, Version string
+	// State is the task's lifecycle state (see the state package).
+	State string
+	// ExecutionStatus is has_ready_steps, processing, all_complete,
+	// waiting_for_dependencies or blocked_by_failures, in that order of
+	// precedence except that blocked_by_failures comes first.
+	ExecutionStatus string
+	Context         json.RawMessage
+	Initiator       string
+	SourceSystem    string
+	Reason          string
+	Tags            []string
+	Priority        int
+
+	// Step counts.
+	TotalSteps, CompletedSteps, FailedSteps, InProgressSteps, PendingSteps int
+	// CompletionPercentage is the share of steps complete or resolved.
+	CompletionPercentage float64
+
+	CreatedAt, UpdatedAt time.Time
+	CompletedAt          *time.Time
+}
+
+// Step is a workflow step's current state.
+type Step struct {
+	UUID, Name, State     string
+	Attempts, MaxAttempts int
+	Retryable             bool
+	// Callable is the handler the step runs.
+	Callable string
+	// Result is the handler's returned value, as JSON.
+	Result json.RawMessage
+	// Error is the last failure, or nil.
+	Error *StepError
+	// Dependencies are the names of the steps this step depends on.
+	Dependencies []string
+
+	// Readiness, as of the read.
+	Ready                 bool
+	DependenciesSatisfied bool
+	RetryEligible         bool
+	NextRetryAt           *time.Time
+	// BlockedReason says in plain words why a step that is not running is
+	// not ready.
+	BlockedReason string
+
+	CreatedAt, UpdatedAt time.Time
+	LastAttemptedAt      *time.Time
+	CompletedAt          *time.Time
+}
+
+// StepError is a step's last failure.
+type StepError struct {
+	Message string
+	// Type is handler_error, permanent_error, panic, timeout,
+	// handler_not_found, result_not_serializable, lease_expired or
+	// worker_stopping.
+	Type      string
+	Retryable bool
+}
+
+// Transition is one recorded state change of a task or step.
+type Transition struct {
+	From, To, Event string
+	Metadata        json.RawMessage
+	SortKey         int
+	CreatedAt       time.Time
+}
+
+// DomainEvent is an event published about a step.
+type DomainEvent struct {
+	ID, Name, TaskUUID, StepUUID, StepName, Namespace string
+	Payload                                           json.RawMessage
+	FiredAt                                           time.Time
+}
+
+// sqlitePath resolves a relative SQLite path against the working directory
+// so that the stored path is stable.
+func sqlitePath(p string) (string, error) {
+	if filepath.IsAbs(p) {
+		return p, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(wd, p), nil
+}
