@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func FuzzParse(f *testing.F) {
@@ -24,7 +25,20 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
-		tmpl, err := Parse(doc)
+		var (
+			tmpl *Template
+			err  error
+		)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tmpl, err = Parse(doc)
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Parse did not finish within 5s")
+		}
 		if err != nil {
 			var verr *ValidationError
 			if !errors.As(err, &verr) || len(verr.Problems) == 0 || !errors.Is(err, ErrInvalidTemplate) {

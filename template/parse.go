@@ -67,14 +67,21 @@ func readDocument(doc []byte) (*yaml.Node, *issue) {
 		}
 		return nil, syntaxIssue(err, doc)
 	}
-	var second yaml.Node
-	switch err := dec.Decode(&second); {
-	case errors.Is(err, io.EOF):
-	case err != nil:
-		return nil, syntaxIssue(err, doc)
-	default:
-		return nil, &issue{step: tmplLevel, line: second.Line,
-			msg: "holds more than one YAML document; put each template in its own file"}
+	for {
+		// Later documents must be empty: a stray "---" at the end of a
+		// file is harmless, a second template is not.
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, syntaxIssue(err, doc)
+		}
+		if !emptyDocument(&next) {
+			return nil, &issue{step: tmplLevel, line: next.Line,
+				msg: "holds more than one YAML document; put each template in its own file"}
+		}
 	}
 
 	root := &first
@@ -92,6 +99,14 @@ func readDocument(doc []byte) (*yaml.Node, *issue) {
 			msg: fmt.Sprintf("top level must be a mapping of template fields, got %s", describe(root))}
 	}
 	return root, nil
+}
+
+func emptyDocument(n *yaml.Node) bool {
+	if len(n.Content) == 0 {
+		return true
+	}
+	c := n.Content[0]
+	return len(n.Content) == 1 && c.Kind == yaml.ScalarNode && c.Tag == "!!null" && c.Value == ""
 }
 
 var (
@@ -141,7 +156,8 @@ type parser struct {
 	// merging holds the mappings whose merge keys are being expanded, to
 	// stop a mapping that merges itself.
 	merging map[*yaml.Node]bool
-	// expanding holds the aliases being expanded in a free-form value.
+	// expanding holds the collections whose contents are being converted
+	// in a free-form value, to stop an alias back into one of them.
 	expanding map[*yaml.Node]bool
 }
 
@@ -174,12 +190,17 @@ func (p *parser) spend(n *yaml.Node) bool {
 	return true
 }
 
-// deref follows aliases to the node they name.
+// deref follows aliases to the node they name. The YAML library never
+// anchors an alias itself, so chains are one link long; the bound only
+// guards against a tree built some other way.
 func deref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode {
+	for range 8 {
+		if n == nil || n.Kind != yaml.AliasNode {
+			return n
+		}
 		n = n.Alias
 	}
-	return n
+	return nil
 }
 
 func isNull(n *yaml.Node) bool {

@@ -577,6 +577,7 @@ func TestParseDocumentProblems(t *testing.T) {
 		{"bad indentation", "name: x\n  version: 1.0.0\n", "YAML syntax error", 2},
 		{"tab indentation", "name: x\nsteps:\n\t- name: a\n", "YAML syntax error", 3},
 		{"two documents", "name: a\n---\nname: b\n", "more than one YAML document", 2},
+		{"second document after an empty one", "name: a\n---\n---\nname: b\n", "more than one YAML document", 3},
 		{"misplaced list item", "name: x\n- y\n", "YAML syntax error: did not find expected key", 2},
 		{"unknown alias", "name: x\nversion: *v\n", "YAML syntax error: unknown anchor 'v' referenced", 2},
 	}
