@@ -31,7 +31,7 @@ import (
 // Errors callers tell apart.
 var (
 	ErrDuplicateTask          = errors.New("a task with the same identity already exists")
-	ErrInvalidContext         = errors.New("invalid task context")
+	ErrInvalidContext         = template.ErrInvalidContext
 	ErrIdempotencyKeyRequired = errors.New("template uses identity_strategy caller_provided: an idempotency key is required")
 	ErrTaskNotFound           = errors.New("task not found")
 	ErrStepNotFound           = errors.New("step not found")
@@ -277,7 +277,7 @@ func normaliseContext(t *template.Template, raw json.RawMessage) (json.RawMessag
 		return nil, fmt.Errorf("%w: not valid JSON", ErrInvalidContext)
 	}
 	if err := t.ValidateContext(raw); err != nil {
-		return nil, fmt.Errorf("%w for %s: %w", ErrInvalidContext, t.Key(), err)
+		return nil, err // a *template.ContextError naming each failing path
 	}
 	return raw, nil
 }

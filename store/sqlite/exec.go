@@ -20,42 +20,39 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// executor implements store.Executor over a pool or a transaction. prep, when
-// set, returns a cached prepared statement bound to the transaction.
+// executor implements store.Executor over a pool or a transaction. stmt,
+// when set, returns a prepared statement for a query, or nil to run it
+// unprepared.
 type executor struct {
 	q    querier
-	prep func(ctx context.Context, q string) (*sql.Stmt, error)
+	stmt func(ctx context.Context, q string) *sql.Stmt
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	if e.prep != nil {
-		s, err := e.prep(ctx, q)
-		if err != nil {
-			return nil, mapErr(err)
+	if e.stmt != nil {
+		if s := e.stmt(ctx, q); s != nil {
+			r, err := s.ExecContext(ctx, args...)
+			return r, mapErr(err)
 		}
-		r, err := s.ExecContext(ctx, args...)
-		return r, mapErr(err)
 	}
 	r, err := e.q.ExecContext(ctx, q, args...)
 	return r, mapErr(err)
 }
 
 func (e *executor) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	if e.prep != nil {
-		s, err := e.prep(ctx, q)
-		if err != nil {
-			return nil, mapErr(err)
+	if e.stmt != nil {
+		if s := e.stmt(ctx, q); s != nil {
+			r, err := s.QueryContext(ctx, args...)
+			return r, mapErr(err)
 		}
-		r, err := s.QueryContext(ctx, args...)
-		return r, mapErr(err)
 	}
 	r, err := e.q.QueryContext(ctx, q, args...)
 	return r, mapErr(err)
 }
 
 func (e *executor) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
-	if e.prep != nil {
-		if s, err := e.prep(ctx, q); err == nil {
+	if e.stmt != nil {
+		if s := e.stmt(ctx, q); s != nil {
 			return s.QueryRowContext(ctx, args...)
 		}
 	}
@@ -723,20 +720,24 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 	now := tsOrNow(p.Now)
 	out := make([]error, len(p.Completions))
 	for i, c := range p.Completions {
-		res, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ? AND lease_token = ?`, c.MessageID, c.LeaseToken)
-		if err != nil {
-			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		// The lease is checked first and the message deleted only after the
+		// step moved: a refused completion must leave the message in place,
+		// or its step would be stranded in_progress with nothing to rescue it.
+		var leased int
+		err := e.queryRow(ctx, `SELECT 1 FROM tasker_queue WHERE id = ? AND lease_token = ?`, c.MessageID, c.LeaseToken).Scan(&leased)
+		if errors.Is(err, sql.ErrNoRows) {
 			out[i] = fmt.Errorf("complete step %s attempt %d: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
 			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, mapErr(err))
 		}
 		to, event := "enqueued_for_orchestration", "succeed"
 		result, errJSON := c.Result, json.RawMessage(nil)
 		if !c.Success {
 			to, event, result, errJSON = "enqueued_as_error_for_orchestration", "fail_attempt", nil, c.Error
 		}
-		res, err = e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = ?, updated_at = ?
+		res, err := e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = ?, updated_at = ?
 			WHERE step_uuid = ? AND state = 'in_progress' AND attempts = ?`,
 			to, nullJSON(result), nullJSON(errJSON), now, c.StepUUID, c.Attempt)
 		if err != nil {
@@ -745,6 +746,9 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 		if n, _ := res.RowsAffected(); n != 1 {
 			out[i] = fmt.Errorf("complete step %s attempt %d: step is no longer in progress: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
 			continue
+		}
+		if _, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ?`, c.MessageID); err != nil {
+			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
 		}
 		if err := e.stepHistory(ctx, c.StepUUID, "in_progress", to, event, c.Metadata, now); err != nil {
 			return nil, err

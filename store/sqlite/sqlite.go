@@ -52,10 +52,15 @@ type Driver struct {
 	writer *sql.DB
 	reader *sql.DB
 
-	mu    sync.Mutex
-	stmts map[string]*sql.Stmt
-
 	readExec *executor
+
+	mu        sync.Mutex
+	stmts     map[string]*sql.Stmt
+	closeOnce sync.Once
+
+	ckpt     *sql.DB
+	stopCkpt chan struct{}
+	ckptDone chan struct{}
 }
 
 // Open opens (creating if needed) the database file. Call Migrate before use.
@@ -89,6 +94,10 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			"journal_mode(WAL)",
 			"synchronous(" + strings.ToUpper(cfg.Synchronous) + ")",
 			"foreign_keys(1)",
+			// Checkpoints run in the background (see checkpointLoop) instead
+			// of inside whichever commit crosses the threshold, where their
+			// fsyncs would stall that transaction for tens of milliseconds.
+			"wal_autocheckpoint(0)",
 		}, extra...) {
 			v.Add("_pragma", p)
 		}
@@ -114,9 +123,76 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	reader.SetMaxOpenConns(cfg.ReadConns)
 	reader.SetMaxIdleConns(cfg.ReadConns)
-	d := &Driver{path: cfg.Path, writer: writer, reader: reader, stmts: map[string]*sql.Stmt{}}
+	ckpt, err := sql.Open("sqlite", pragmas())
+	if err != nil {
+		writer.Close()
+		reader.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)
+	}
+	ckpt.SetMaxOpenConns(1)
+	d := &Driver{path: cfg.Path, writer: writer, reader: reader, ckpt: ckpt,
+		stmts: map[string]*sql.Stmt{}, stopCkpt: make(chan struct{}), ckptDone: make(chan struct{})}
 	d.readExec = &executor{q: reader}
+	go d.checkpointLoop()
 	return d, nil
+}
+
+// checkpointInterval is how often the WAL is copied back into the database
+// file. A passive checkpoint waits for nobody and blocks nobody.
+const checkpointInterval = 200 * time.Millisecond
+
+func (d *Driver) checkpointLoop() {
+	defer close(d.ckptDone)
+	tick := time.NewTicker(checkpointInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.stopCkpt:
+			return
+		case <-tick.C:
+		}
+		// A failure (another process holding a lock, a closed file) is
+		// retried at the next tick; meanwhile the WAL only grows.
+		_, _ = d.ckpt.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+	}
+}
+
+// maxCachedStmts bounds the prepared-statement cache: queries with IN lists
+// of varying length would otherwise grow it without end.
+const maxCachedStmts = 256
+
+// stmt returns a cached prepared statement for q, or nil. Statements are
+// prepared on the writer pool only between transactions (see learn),
+// because the pool's single connection is held by any open transaction.
+func (d *Driver) stmt(q string) *sql.Stmt {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stmts[q]
+}
+
+// learn prepares the queries a finished transaction ran without a cached
+// statement, so that later transactions reuse them.
+func (d *Driver) learn(queries []string) {
+	for _, q := range queries {
+		d.mu.Lock()
+		_, have := d.stmts[q]
+		full := len(d.stmts) >= maxCachedStmts
+		d.mu.Unlock()
+		if have || full {
+			continue
+		}
+		s, err := d.writer.Prepare(q)
+		if err != nil {
+			continue // it will run unprepared, as before
+		}
+		d.mu.Lock()
+		if _, have := d.stmts[q]; have {
+			s.Close()
+		} else {
+			d.stmts[q] = s
+		}
+		d.mu.Unlock()
+	}
 }
 
 // Name returns "sqlite".
@@ -125,15 +201,23 @@ func (d *Driver) Name() string { return "sqlite" }
 // Path returns the database file path.
 func (d *Driver) Path() string { return d.path }
 
-// Close closes both pools.
+// Close stops the checkpointer, folds the WAL back into the database file
+// and closes the pools. It is safe to call more than once.
 func (d *Driver) Close() error {
-	d.mu.Lock()
-	for _, s := range d.stmts {
-		s.Close()
-	}
-	d.stmts = map[string]*sql.Stmt{}
-	d.mu.Unlock()
-	return errors.Join(d.writer.Close(), d.reader.Close())
+	var err error
+	d.closeOnce.Do(func() {
+		close(d.stopCkpt)
+		<-d.ckptDone
+		d.mu.Lock()
+		for _, s := range d.stmts {
+			s.Close()
+		}
+		d.stmts = map[string]*sql.Stmt{}
+		d.mu.Unlock()
+		_, _ = d.ckpt.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
+		err = errors.Join(d.writer.Close(), d.reader.Close(), d.ckpt.Close())
+	})
+	return err
 }
 
 // Reader returns the read-only executor.
@@ -145,39 +229,32 @@ func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: begin: %w", mapErr(err))
 	}
-	return &txExec{executor: executor{q: tx, prep: func(ctx context.Context, q string) (*sql.Stmt, error) {
-		s, err := d.prepared(ctx, q)
-		if err != nil {
-			return nil, err
-		}
-		return tx.StmtContext(ctx, s), nil
-	}}, tx: tx}, nil
-}
-
-// prepared returns a statement prepared once on the writer pool. Because the
-// writer has a single connection, Tx.StmtContext reuses it without a new
-// prepare.
-func (d *Driver) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if s, ok := d.stmts[q]; ok {
-		return s, nil
-	}
-	s, err := d.writer.PrepareContext(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	d.stmts[q] = s
-	return s, nil
+	t := &txExec{tx: tx, d: d}
+	t.executor = executor{q: tx, stmt: t.stmt}
+	return t, nil
 }
 
 type txExec struct {
 	executor
-	tx *sql.Tx
+	tx     *sql.Tx
+	d      *Driver
+	missed []string
+}
+
+// stmt binds a cached statement to the transaction, or notes the query so
+// it is prepared once the transaction has released the connection.
+func (t *txExec) stmt(ctx context.Context, q string) *sql.Stmt {
+	if s := t.d.stmt(q); s != nil {
+		return t.tx.StmtContext(ctx, s)
+	}
+	t.missed = append(t.missed, q)
+	return nil
 }
 
 func (t *txExec) Commit() error {
-	if err := t.tx.Commit(); err != nil {
+	err := t.tx.Commit()
+	t.d.learn(t.missed)
+	if err != nil {
 		return fmt.Errorf("sqlite: commit: %w", mapErr(err))
 	}
 	return nil
@@ -185,6 +262,9 @@ func (t *txExec) Commit() error {
 
 func (t *txExec) Rollback() error {
 	err := t.tx.Rollback()
+	if err == nil {
+		t.d.learn(t.missed)
+	}
 	if errors.Is(err, sql.ErrTxDone) {
 		return nil
 	}

@@ -1,0 +1,165 @@
+// Package bench measures Tasker's speed and memory. It is a separate module
+// so that the engine never depends on the peers it is compared with.
+//
+//	go test -run XXX -bench . -benchtime 2000x ./...
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tasker-go/tasker"
+)
+
+func chainYAML(name string, steps int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\nnamespace_name: bench\nversion: 1.0.0\nidentity_strategy: always_unique\nsteps:\n", name)
+	for i := 1; i <= steps; i++ {
+		fmt.Fprintf(&b, "  - name: s%d\n    handler: {callable: bench.noop}\n", i)
+		if i > 1 {
+			fmt.Fprintf(&b, "    dependencies: [s%d]\n", i-1)
+		}
+	}
+	return b.String()
+}
+
+func openEngine(tb testing.TB, concurrency int) *tasker.Engine {
+	tb.Helper()
+	ctx := context.Background()
+	eng, err := tasker.Open(ctx, tasker.Config{
+		DatabaseURL: "sqlite://" + filepath.Join(tb.TempDir(), "bench.db"),
+		Concurrency: concurrency, PollInterval: 3 * time.Second,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { eng.Close() })
+	for _, doc := range []string{chainYAML("linear4", 4), chainYAML("single", 1), chainYAML("chain10", 10)} {
+		if err := eng.RegisterTemplate(ctx, []byte(doc)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	eng.Handle("bench.noop", tasker.HandlerFunc(func(context.Context, *tasker.StepContext) (any, error) { return 1, nil }))
+	if err := eng.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return eng
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p)
+	return sorted[i]
+}
+
+// BenchmarkEmbeddedLinear4 is the end-to-end latency of a four-step chain of
+// no-op handlers, one task at a time: from CreateTask's return to the commit
+// that completes the task (WaitTask is woken by that commit, not a poll).
+func BenchmarkEmbeddedLinear4(b *testing.B) {
+	eng := openEngine(b, 10)
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench", Name: "linear4"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		done, err := eng.WaitTask(ctx, task.UUID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		if done.State != "complete" {
+			b.Fatalf("task ended %s", done.State)
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50_ms")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99_ms")
+}
+
+// BenchmarkEmbeddedNoopThroughput creates b.N single-step no-op tasks at once
+// and measures how fast they drain.
+func BenchmarkEmbeddedNoopThroughput(b *testing.B) {
+	eng := openEngine(b, 10)
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	ids := make([]string, b.N)
+	for i := range ids {
+		task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench", Name: "single"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = task.UUID
+	}
+	for _, id := range ids {
+		if _, err := eng.WaitTask(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tasks/s")
+}
+
+// BenchmarkEmbeddedMemory1000x10 puts 1,000 ten-step tasks in flight at once
+// and reports the process's peak resident set size.
+func BenchmarkEmbeddedMemory1000x10(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		eng := openEngine(b, 10)
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		ids := make(chan string, 1000)
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 250; j++ {
+					task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench", Name: "chain10"})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					ids <- task.UUID
+				}
+			}()
+		}
+		wg.Wait()
+		close(ids)
+		for id := range ids {
+			if _, err := eng.WaitTask(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(peakRSSMB(), "peak_rss_MB")
+}
+
+// peakRSSMB reads VmHWM, the peak resident set size, from /proc.
+func peakRSSMB() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}

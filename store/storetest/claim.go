@@ -1,0 +1,321 @@
+package storetest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+func testStepsClaim(s *suite) {
+	taskCtx := json.RawMessage(`{"customer": {"id": 7, "tier": "gold"}}`)
+	task := s.newTask(store.TaskInsertParams{Namespace: "billing", Name: "invoice", Version: "1.2.0", Context: taskCtx})
+	a, b := uuid.NewString(), uuid.NewString()
+	s.tx(func(tx store.Tx) error {
+		return tx.StepsInsert(s.ctx, store.StepsInsertParams{
+			TaskUUID: task, Namespace: "billing", Now: t0,
+			Steps: []store.StepInsert{
+				{UUID: a, Name: "charge", Position: 0, Callable: "billing.Charge", MaxAttempts: 3, Retryable: true},
+				{UUID: b, Name: "notify", Position: 1, Callable: "billing.Notify", MaxAttempts: 5, Retryable: false},
+			},
+		})
+	})
+	s.enqueueSteps(task, "billing", []string{a, b}, at(time.Second))
+
+	claimed := s.claimSteps("billing", 10, "worker-1", at(2*time.Second))
+	if len(claimed) != 2 {
+		s.t.Fatalf("claimed %d steps, want 2", len(claimed))
+	}
+	tokens := map[string]bool{}
+	for i, w := range []struct {
+		uuid, name, callable string
+		max                  int
+	}{{a, "charge", "billing.Charge", 3}, {b, "notify", "billing.Notify", 5}} {
+		c := claimed[i]
+		what := fmt.Sprintf("claimed[%d]", i)
+		if c.StepUUID != w.uuid || c.TaskUUID != task || c.StepName != w.name || c.Namespace != "billing" ||
+			c.TaskName != "invoice" || c.Version != "1.2.0" || c.Callable != w.callable || c.Attempt != 1 || c.MaxAttempts != w.max {
+			s.t.Errorf("%s = %+v", what, c)
+		}
+		s.wantJSON(what+" TaskContext", c.TaskContext, taskCtx)
+		m := c.Message
+		if m.ID == 0 || m.StepUUID != w.uuid || m.TaskUUID != task || m.Queue != store.WorkerQueue("billing") ||
+			m.LeaseOwner != "worker-1" || m.ReadCount != 1 {
+			s.t.Errorf("%s message = %+v", what, m)
+		}
+		if m.LeaseToken == "" || tokens[m.LeaseToken] {
+			s.t.Errorf("%s lease token %q: want a fresh, unique token", what, m.LeaseToken)
+		}
+		tokens[m.LeaseToken] = true
+		s.wantTimePtr(what+" LeaseUntil", m.LeaseUntil, ptr(at(32*time.Second)))
+
+		st := s.step(w.uuid)
+		if st.State != "in_progress" || st.Attempts != 1 {
+			s.t.Errorf("step %s after claim: state %q attempts %d, want in_progress 1", w.name, st.State, st.Attempts)
+		}
+		s.wantTimePtr("LastAttemptedAt", st.LastAttemptedAt, ptr(at(2*time.Second)))
+		s.wantTime("UpdatedAt", st.UpdatedAt, at(2*time.Second))
+		s.wantTransitions("step "+w.name+" history", w.uuid, s.stepHistory(w.uuid), [][3]string{
+			{"pending", "enqueued", "enqueue"},
+			{"enqueued", "in_progress", "start"},
+		})
+	}
+	s.wantDepth(store.WorkerQueue("billing"), at(2*time.Second), 0, 2)
+	if more := s.claimSteps("billing", 10, "worker-2", at(3*time.Second)); len(more) != 0 {
+		s.t.Errorf("claimed %d steps that are already leased", len(more))
+	}
+	if other := s.claimSteps("shipping", 10, "worker-2", at(3*time.Second)); len(other) != 0 {
+		s.t.Errorf("claimed %d steps from another namespace's queue", len(other))
+	}
+
+	// A failed attempt comes back through retry; the next claim is attempt 2.
+	errs := s.complete(at(4*time.Second), store.StepCompletion{
+		MessageID: claimed[0].Message.ID, LeaseToken: claimed[0].Message.LeaseToken, TaskUUID: task, StepUUID: a,
+		Attempt: 1, Error: json.RawMessage(`{"message": "card declined", "type": "handler_error", "retryable": true}`),
+	})
+	s.wantErr("completion", errs[0], nil)
+	s.tx(func(tx store.Tx) error {
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{UUID: a, From: "enqueued_as_error_for_orchestration", To: "waiting_for_retry", Event: "schedule_retry", Now: at(5 * time.Second)}); err != nil {
+			return err
+		}
+		return tx.StepTransition(s.ctx, store.StepTransitionParams{UUID: a, From: "waiting_for_retry", To: "pending", Event: "e", Now: at(5 * time.Second)})
+	})
+	s.enqueueSteps(task, "billing", []string{a}, at(6*time.Second))
+	retry := s.claimSteps("billing", 10, "worker-2", at(7*time.Second))
+	if len(retry) != 1 || retry[0].StepUUID != a || retry[0].Attempt != 2 || retry[0].Message.LeaseOwner != "worker-2" {
+		s.t.Fatalf("retry claim = %+v, want step charge attempt 2", retry)
+	}
+	if st := s.step(a); st.State != "in_progress" || st.Attempts != 2 {
+		s.t.Errorf("after the retry claim: state %q attempts %d, want in_progress 2", st.State, st.Attempts)
+	}
+}
+
+// complete runs StepsComplete in a committed transaction and returns the
+// per-completion errors.
+func (s *suite) complete(now time.Time, cs ...store.StepCompletion) []error {
+	s.t.Helper()
+	var errs []error
+	s.tx(func(tx store.Tx) error {
+		var err error
+		errs, err = tx.StepsComplete(s.ctx, store.StepsCompleteParams{Completions: cs, Now: now})
+		return err
+	})
+	if len(errs) != len(cs) {
+		s.t.Fatalf("StepsComplete returned %d errors for %d completions", len(errs), len(cs))
+	}
+	return errs
+}
+
+func testStepsClaimSkipsStale(s *suite) {
+	task := s.newTask(store.TaskInsertParams{})
+	ids := s.newSteps(task, "ns", "cancelled", "live", "twice")
+	cancelled, live, twice := ids[0], ids[1], ids[2]
+	s.enqueueSteps(task, "ns", ids, at(time.Second))
+	s.tx(func(tx store.Tx) error {
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{UUID: cancelled, From: "enqueued", To: "cancelled", Event: "cancel", Now: at(2 * time.Second)}); err != nil {
+			return err
+		}
+		// A second message for a step (a redelivery): only one may run it.
+		return tx.QueueSend(s.ctx, store.QueueSendParams{Now: at(2 * time.Second), Messages: []store.QueueMessageInsert{
+			{Queue: store.WorkerQueue("ns"), TaskUUID: task, StepUUID: twice},
+		}})
+	})
+
+	claimed := s.claimSteps("ns", 10, "w", at(3*time.Second))
+	var got []string
+	for _, c := range claimed {
+		got = append(got, c.StepUUID)
+	}
+	s.wantSet("claimed steps", got, []string{live, twice})
+
+	if st := s.step(cancelled); st.State != "cancelled" || st.Attempts != 0 {
+		s.t.Errorf("cancelled step after claim: state %q attempts %d, want cancelled 0", st.State, st.Attempts)
+	}
+	s.wantTransitions("cancelled step history", cancelled, s.stepHistory(cancelled), [][3]string{
+		{"pending", "enqueued", "enqueue"}, {"enqueued", "cancelled", "cancel"},
+	})
+	if st := s.step(twice); st.State != "in_progress" || st.Attempts != 1 {
+		s.t.Errorf("step with two messages: state %q attempts %d, want in_progress 1", st.State, st.Attempts)
+	}
+	// The stale messages are gone; only the two live leases remain.
+	s.wantDepth(store.WorkerQueue("ns"), at(3*time.Second), 0, 2)
+	if again := s.claimSteps("ns", 10, "w", at(time.Hour)); len(again) != 0 {
+		s.t.Errorf("claimed %d more steps", len(again))
+	}
+}
+
+func testStepsComplete(s *suite) {
+	task := s.newTask(store.TaskInsertParams{})
+	ids := s.newSteps(task, "ns", "ok", "fails")
+	s.enqueueSteps(task, "ns", ids, at(time.Second))
+	claimed := s.claimSteps("ns", 10, "w", at(2*time.Second))
+	if len(claimed) != 2 {
+		s.t.Fatalf("claimed %d steps, want 2", len(claimed))
+	}
+	byStep := map[string]store.ClaimedStep{}
+	for _, c := range claimed {
+		byStep[c.StepUUID] = c
+	}
+	okC, failC := byStep[ids[0]], byStep[ids[1]]
+	result := json.RawMessage(`{"charged": 12.5, "currency": "EUR"}`)
+	failure := json.RawMessage(`{"message": "timeout", "type": "timeout", "retryable": true, "attempt": 1}`)
+
+	errs := s.complete(at(3*time.Second),
+		store.StepCompletion{
+			MessageID: okC.Message.ID, LeaseToken: okC.Message.LeaseToken, TaskUUID: task, StepUUID: ids[0], Attempt: 1,
+			Success: true, Result: result, Metadata: json.RawMessage(`{"duration_ms": 12, "worker": "w"}`),
+		},
+		store.StepCompletion{
+			MessageID: failC.Message.ID, LeaseToken: failC.Message.LeaseToken, TaskUUID: task, StepUUID: ids[1], Attempt: 1,
+			Error: failure, Metadata: json.RawMessage(`{"duration_ms": 30000}`),
+		},
+	)
+	s.wantErr("success completion", errs[0], nil)
+	s.wantErr("failure completion", errs[1], nil)
+
+	ok := s.step(ids[0])
+	if ok.State != "enqueued_for_orchestration" || ok.Attempts != 1 {
+		s.t.Errorf("succeeded step: state %q attempts %d, want enqueued_for_orchestration 1", ok.State, ok.Attempts)
+	}
+	s.wantJSON("succeeded step Result", ok.Result, result)
+	s.wantTime("succeeded step UpdatedAt", ok.UpdatedAt, at(3*time.Second))
+	h := s.stepHistory(ids[0])
+	s.wantTransitions("succeeded step history", ids[0], h, [][3]string{
+		{"pending", "enqueued", "enqueue"}, {"enqueued", "in_progress", "start"}, {"in_progress", "enqueued_for_orchestration", "succeed"},
+	})
+	if len(h) == 3 {
+		s.wantJSON("completion history Metadata", h[2].Metadata, json.RawMessage(`{"duration_ms": 12, "worker": "w"}`))
+		s.wantTime("completion history CreatedAt", h[2].CreatedAt, at(3*time.Second))
+	}
+
+	failed := s.step(ids[1])
+	if failed.State != "enqueued_as_error_for_orchestration" || failed.Attempts != 1 {
+		s.t.Errorf("failed step: state %q attempts %d, want enqueued_as_error_for_orchestration 1", failed.State, failed.Attempts)
+	}
+	s.wantJSON("failed step Error", failed.Error, failure)
+	if failed.Result != nil {
+		s.t.Errorf("failed step Result = %s, want unset", failed.Result)
+	}
+	s.wantTransitions("failed step history", ids[1], s.stepHistory(ids[1]), [][3]string{
+		{"pending", "enqueued", "enqueue"}, {"enqueued", "in_progress", "start"}, {"in_progress", "enqueued_as_error_for_orchestration", "fail_attempt"},
+	})
+
+	s.wantDepth(store.WorkerQueue("ns"), at(3*time.Second), 0, 0)
+
+	// The same completion delivered again finds no lease and changes nothing.
+	errs = s.complete(at(4*time.Second), store.StepCompletion{
+		MessageID: okC.Message.ID, LeaseToken: okC.Message.LeaseToken, TaskUUID: task, StepUUID: ids[0], Attempt: 1,
+		Success: true, Result: json.RawMessage(`{"second": true}`),
+	})
+	s.wantErr("replayed completion", errs[0], store.ErrLeaseLost)
+	if again := s.step(ids[0]); again.State != "enqueued_for_orchestration" || !again.UpdatedAt.Equal(at(3*time.Second)) {
+		s.t.Errorf("replayed completion changed the step: %+v", again)
+	} else {
+		s.wantJSON("Result after a replayed completion", again.Result, result)
+	}
+	if h := s.stepHistory(ids[0]); len(h) != 3 {
+		s.t.Errorf("replayed completion wrote history: %d rows, want 3", len(h))
+	}
+}
+
+// testStepsCompleteRefused checks that a completion whose lease or attempt
+// does not match is refused on its own: other completions in the same call
+// still apply, and the refused step and its message are left as they were.
+func testStepsCompleteRefused(s *suite) {
+	task := s.newTask(store.TaskInsertParams{})
+	ids := s.newSteps(task, "ns", "good", "wrong_token", "wrong_attempt", "taken_over")
+	s.enqueueSteps(task, "ns", ids, at(time.Second))
+	claimed := s.claimSteps("ns", 10, "w1", at(2*time.Second))
+	if len(claimed) != 4 {
+		s.t.Fatalf("claimed %d steps, want 4", len(claimed))
+	}
+	c := map[string]store.ClaimedStep{}
+	for _, cl := range claimed {
+		c[cl.StepUUID] = cl
+	}
+	good, wrongToken, wrongAttempt, takenOver := c[ids[0]], c[ids[1]], c[ids[2]], c[ids[3]]
+
+	// The lease of taken_over expires and a rescuer takes its message.
+	var rescued []store.QueueMessage
+	s.tx(func(tx store.Tx) error {
+		if err := tx.QueueExtend(s.ctx, store.QueueExtendParams{ID: good.Message.ID, Token: good.Message.LeaseToken, Lease: time.Hour, Now: at(10 * time.Second)}); err != nil {
+			return err
+		}
+		if err := tx.QueueExtend(s.ctx, store.QueueExtendParams{ID: wrongToken.Message.ID, Token: wrongToken.Message.LeaseToken, Lease: time.Hour, Now: at(10 * time.Second)}); err != nil {
+			return err
+		}
+		if err := tx.QueueExtend(s.ctx, store.QueueExtendParams{ID: wrongAttempt.Message.ID, Token: wrongAttempt.Message.LeaseToken, Lease: time.Hour, Now: at(10 * time.Second)}); err != nil {
+			return err
+		}
+		var err error
+		rescued, err = tx.QueueClaim(s.ctx, store.QueueClaimParams{
+			Queues: []string{store.WorkerQueue("ns")}, Limit: 10, Lease: time.Minute, Owner: "rescuer", IncludeExpired: true, Now: at(time.Minute),
+		})
+		return err
+	})
+	if len(rescued) != 1 || rescued[0].ID != takenOver.Message.ID {
+		s.t.Fatalf("rescuer took %+v, want only the message of taken_over", rescued)
+	}
+
+	completion := func(cl store.ClaimedStep, token string, attempt int) store.StepCompletion {
+		return store.StepCompletion{
+			MessageID: cl.Message.ID, LeaseToken: token, TaskUUID: task, StepUUID: cl.StepUUID, Attempt: attempt,
+			Success: true, Result: json.RawMessage(`{"from": "` + cl.StepName + `"}`),
+		}
+	}
+	errs := s.complete(at(2*time.Minute),
+		completion(wrongToken, good.Message.LeaseToken, 1),
+		completion(good, good.Message.LeaseToken, 1),
+		completion(wrongAttempt, wrongAttempt.Message.LeaseToken, 2),
+		completion(takenOver, takenOver.Message.LeaseToken, 1),
+	)
+	for i, want := range []error{store.ErrLeaseLost, nil, store.ErrLeaseLost, store.ErrLeaseLost} {
+		s.wantErr(fmt.Sprintf("completion %d", i), errs[i], want)
+	}
+
+	if st := s.step(good.StepUUID); st.State != "enqueued_for_orchestration" {
+		s.t.Errorf("the valid completion in the batch was not applied: state %q", st.State)
+	}
+	for _, cl := range []store.ClaimedStep{wrongToken, wrongAttempt, takenOver} {
+		st := s.step(cl.StepUUID)
+		if st.State != "in_progress" || st.Attempts != 1 || st.Result != nil || !st.UpdatedAt.Equal(at(2*time.Second)) {
+			s.t.Errorf("refused completion of %s changed the step: state %q attempts %d result %s updated %v",
+				cl.StepName, st.State, st.Attempts, st.Result, st.UpdatedAt)
+		}
+		if h := s.stepHistory(cl.StepUUID); len(h) != 2 {
+			s.t.Errorf("refused completion of %s wrote history: %d rows, want 2", cl.StepName, len(h))
+		}
+	}
+	// The refused messages are still leased by their holders: wrong_token
+	// and wrong_attempt by w1 (their completions can still be retried
+	// correctly), taken_over by the rescuer.
+	s.wantDepth(store.WorkerQueue("ns"), at(2*time.Minute), 0, 3)
+	for _, cl := range []store.ClaimedStep{wrongToken, wrongAttempt} {
+		err := s.try(func(tx store.Tx) error {
+			return tx.QueueExtend(s.ctx, store.QueueExtendParams{ID: cl.Message.ID, Token: cl.Message.LeaseToken, Lease: time.Hour, Now: at(2 * time.Minute)})
+		})
+		if err != nil {
+			s.t.Errorf("lease of %s after its refused completion: %v", cl.StepName, err)
+		}
+	}
+
+	errs = s.complete(at(3*time.Minute),
+		completion(wrongToken, wrongToken.Message.LeaseToken, 1),
+		completion(wrongAttempt, wrongAttempt.Message.LeaseToken, 1),
+	)
+	if err := errors.Join(errs...); err != nil {
+		s.t.Errorf("corrected completions: %v", err)
+	}
+	for _, cl := range []store.ClaimedStep{wrongToken, wrongAttempt} {
+		st := s.step(cl.StepUUID)
+		if st.State != "enqueued_for_orchestration" {
+			s.t.Errorf("corrected completion of %s: state %q", cl.StepName, st.State)
+		}
+		s.wantJSON("corrected completion Result", st.Result, json.RawMessage(`{"from": "`+cl.StepName+`"}`))
+	}
+	s.wantDepth(store.WorkerQueue("ns"), at(3*time.Minute), 0, 1)
+}
