@@ -135,6 +135,14 @@ func (e *Engine) RegisterTemplate(ctx context.Context, yamlDoc []byte) error {
 	return nil
 }
 
+// ValidateTemplate checks a YAML task template exactly as RegisterTemplate
+// would, without storing it. It returns nil or an error listing every
+// problem (errors.Is ErrInvalidTemplate).
+func ValidateTemplate(yamlDoc []byte) error {
+	_, err := orchestration.ParseTemplate(yamlDoc)
+	return err
+}
+
 // RegisterTemplatesDir registers every *.yml and *.yaml file under dir,
 // recursively. It stops at the first invalid template and names its file.
 func (e *Engine) RegisterTemplatesDir(ctx context.Context, dir string) error {

@@ -204,7 +204,8 @@ type Step struct {
 	Callable string
 	// Result is the handler's returned value, as JSON.
 	Result json.RawMessage
-	// Error is the last failure, or nil.
+	// Error is the last failure, or nil. It is kept after a later attempt
+	// succeeds; every failure is also in the step's history (StepTransitions).
 	Error *StepError
 	// Dependencies are the names of the steps this step depends on.
 	Dependencies []string

@@ -386,9 +386,12 @@ type StepCompletion struct {
 
 // StepsCompleteParams records handler outcomes: for each, if its message
 // lease still matches and the step is in_progress on the same attempt, the
-// step moves to enqueued_for_orchestration (success) or
-// enqueued_as_error_for_orchestration (failure) with its result or error, and
-// the message is deleted. The returned slice has one entry per completion:
+// step moves to enqueued_for_orchestration (success, storing the result and
+// keeping the last failure in the error column) or
+// enqueued_as_error_for_orchestration (failure, storing the error and
+// clearing the result), a history row with event "succeed" or
+// "fail_attempt" and the completion's metadata is written, and the message
+// is deleted. The returned slice has one entry per completion:
 // nil, or ErrLeaseLost when the completion was refused.
 type StepsCompleteParams struct {
 	Completions []StepCompletion

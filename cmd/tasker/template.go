@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -46,27 +44,13 @@ both would be.`,
 }
 
 func (a *app) validateTemplates(ctx context.Context, files []string) error {
-	// Registering on a scratch engine applies exactly the checks that
-	// RegisterTemplate applies, including the ones for features this build
-	// cannot run yet, so validate never approves a template that the engine
-	// would refuse.
-	dir, err := os.MkdirTemp("", "tasker-validate-*")
-	if err != nil {
-		return fmt.Errorf("create scratch directory: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	eng, err := tasker.Open(ctx, tasker.Config{
-		DatabaseURL: "sqlite://" + filepath.Join(dir, "validate.db"),
-		Logger:      slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		return fmt.Errorf("open scratch engine: %w", err)
-	}
-	defer eng.Close()
-
+	seen := map[string]seenTemplate{} // key -> first file and content hash
 	bad := 0
 	for _, file := range files {
-		if !a.validateTemplate(ctx, eng, file) {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if !a.validateTemplate(file, seen) {
 			bad++
 		}
 	}
@@ -80,8 +64,13 @@ func (a *app) validateTemplates(ctx context.Context, files []string) error {
 	return nil
 }
 
-// validateTemplate reports on one file and says whether it is valid.
-func (a *app) validateTemplate(ctx context.Context, eng *tasker.Engine, file string) bool {
+type seenTemplate struct{ file, hash string }
+
+// validateTemplate reports on one file and says whether it is valid. It
+// applies exactly the checks RegisterTemplate applies, and refuses a
+// namespace/name/version that an earlier file declared with other content,
+// as registering both would.
+func (a *app) validateTemplate(file string, seen map[string]seenTemplate) bool {
 	doc, err := os.ReadFile(file)
 	if err != nil {
 		var pe *fs.PathError
@@ -91,18 +80,31 @@ func (a *app) validateTemplate(ctx context.Context, eng *tasker.Engine, file str
 		fmt.Fprintf(a.stderr, "%s: cannot read: %v\n", file, err)
 		return false
 	}
-	err = eng.RegisterTemplate(ctx, doc)
+	err = tasker.ValidateTemplate(doc)
 	var ve *template.ValidationError
 	switch {
 	case err == nil:
-		fmt.Fprintf(a.stdout, "%s: ok\n", file)
-		return true
 	case errors.As(err, &ve):
 		for _, p := range ve.Problems {
 			fmt.Fprintf(a.stdout, "%s: %s\n", file, p)
 		}
+		return false
 	default:
 		fmt.Fprintf(a.stdout, "%s: %v\n", file, err)
+		return false
 	}
-	return false
+	t, err := template.Parse(doc)
+	if err != nil { // cannot happen: ValidateTemplate parsed it
+		fmt.Fprintf(a.stdout, "%s: %v\n", file, err)
+		return false
+	}
+	if prev, ok := seen[t.Key()]; ok && prev.hash != t.ContentHash {
+		fmt.Fprintf(a.stdout, "%s: %s: version %s is already declared with different content in %s (versions are immutable)\n",
+			file, t.Key(), t.Version, prev.file)
+		return false
+	} else if !ok {
+		seen[t.Key()] = seenTemplate{file: file, hash: t.ContentHash}
+	}
+	fmt.Fprintf(a.stdout, "%s: ok\n", file)
+	return true
 }

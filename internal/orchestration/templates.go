@@ -33,11 +33,8 @@ func NewTemplates(d store.Driver) *Templates {
 // Register parses and validates doc and stores it. The same content again
 // is a no-op; other content under an existing version is an error.
 func (c *Templates) Register(ctx context.Context, doc []byte) (*template.Template, error) {
-	t, err := template.Parse(doc)
+	t, err := ParseTemplate(doc)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkSupported(t); err != nil {
 		return nil, err
 	}
 	tx, err := c.d.Begin(ctx)
@@ -62,6 +59,19 @@ func (c *Templates) Register(ctx context.Context, doc []byte) (*template.Templat
 		c.m[t.Key()] = t
 	}
 	c.mu.Unlock()
+	return t, nil
+}
+
+// ParseTemplate parses and validates a template the way Register does,
+// without storing it.
+func ParseTemplate(doc []byte) (*template.Template, error) {
+	t, err := template.Parse(doc)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSupported(t); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 

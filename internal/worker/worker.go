@@ -410,8 +410,21 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 		return
 	}
 	if w.callback != nil {
-		w.callback.OnHandlerComplete(context.WithoutCancel(w.hCtx), res)
+		w.runCallback(res)
 	}
+}
+
+// runCallback runs the post-handler callback. The result is already in the
+// pipeline, so a panic in the callback is logged and the step's outcome
+// stands; it must not take the process down with it.
+func (w *Worker) runCallback(res *Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error("post-handler callback panicked; the step's result stands",
+				"task_uuid", res.Step.TaskUUID, "step_uuid", res.Step.StepUUID, "panic", p)
+		}
+	}()
+	w.callback.OnHandlerComplete(context.WithoutCancel(w.hCtx), res)
 }
 
 // hCtxForSend is the context for a completion send: never cancelled by the
@@ -468,14 +481,20 @@ func (w *Worker) runHandler(c *store.ClaimedStep) *Result {
 	var out outcome
 	select {
 	case out = <-done:
-		release()
-		cancelTimeout()
-		cancel(nil)
 	case <-ctx.Done():
-		// Timed out, interrupted by shutdown, or the lease was lost. The
-		// handler keeps its permit until it actually returns, so a handler
-		// that ignores cancellation still counts against concurrency.
 		cause := context.Cause(ctx)
+		if errors.Is(cause, ErrStopping) {
+			// Shutdown past the drain budget. A result made up now would be
+			// written while the handler still runs, and the step retried
+			// beside it. Wait for the handler instead: if it returns only
+			// after Stop closed the completion channel, its result is
+			// refused and the step comes back through lease expiry.
+			out = <-done
+			break
+		}
+		// Timed out, or the lease was lost. The handler keeps its permit
+		// until it actually returns, so a handler that ignores
+		// cancellation still counts against concurrency.
 		go func() {
 			<-done
 			release()
@@ -484,6 +503,9 @@ func (w *Worker) runHandler(c *store.ClaimedStep) *Result {
 		}()
 		return fail(classify(fmt.Errorf("%w after %s", cause, time.Since(res.Started).Round(time.Millisecond)), cause))
 	}
+	release()
+	cancelTimeout()
+	cancel(nil)
 	switch {
 	case out.pan != nil:
 		return fail(out.pan)
@@ -531,7 +553,11 @@ func (w *Worker) runCompletions(ctx context.Context) {
 func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
 	comps := make([]store.StepCompletion, len(batch))
 	for i, r := range batch {
-		md, _ := json.Marshal(map[string]any{"worker": w.cfg.Owner, "duration_ms": r.Finished.Sub(r.Started).Milliseconds()})
+		info := map[string]any{"worker": w.cfg.Owner, "duration_ms": r.Finished.Sub(r.Started).Milliseconds()}
+		if !r.Success {
+			info["error"] = r.Error // kept in history even after a later attempt succeeds
+		}
+		md, _ := json.Marshal(info)
 		comps[i] = store.StepCompletion{MessageID: r.Step.Message.ID, LeaseToken: r.Step.Message.LeaseToken,
 			TaskUUID: r.Step.TaskUUID, StepUUID: r.Step.StepUUID, Attempt: r.Step.Attempt, Success: r.Success,
 			Result: r.Value, Metadata: md}

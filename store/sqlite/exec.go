@@ -737,7 +737,10 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 		if !c.Success {
 			to, event, result, errJSON = "enqueued_as_error_for_orchestration", "fail_attempt", nil, c.Error
 		}
-		res, err := e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = ?, updated_at = ?
+		// A success keeps the previous failure in the error column: it is
+		// the step's last failure, which operators want to see even after a
+		// retry succeeded.
+		res, err := e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = COALESCE(?, error), updated_at = ?
 			WHERE step_uuid = ? AND state = 'in_progress' AND attempts = ?`,
 			to, nullJSON(result), nullJSON(errJSON), now, c.StepUUID, c.Attempt)
 		if err != nil {
