@@ -37,6 +37,11 @@ func Backoff(r template.Retry, attempt int, jitterFrac, jitter float64) time.Dur
 	if ms < 0 {
 		ms = 0
 	}
+	// Without a cap the delay can outgrow time.Duration, and converting an
+	// out-of-range float yields a negative duration: an immediate retry.
+	if ms >= float64(math.MaxInt64)/float64(time.Millisecond) {
+		return time.Duration(math.MaxInt64)
+	}
 	return time.Duration(ms * float64(time.Millisecond))
 }
 

@@ -268,7 +268,7 @@ func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*sto
 }
 
 // normaliseContext checks that the context is a JSON object valid against
-// the template's input_schema and returns it compacted ({} when absent).
+// the template's input_schema and returns it ({} when absent).
 func normaliseContext(t *template.Template, raw json.RawMessage) (json.RawMessage, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		raw = json.RawMessage(`{}`)

@@ -1,0 +1,814 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/internal/chanmon"
+	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/store/sqlite"
+)
+
+const testNS = "work"
+
+// waitLimit bounds every wait in these tests. It is generous: reaching it
+// means something is stuck, not slow.
+const waitLimit = 15 * time.Second
+
+func openStore(t *testing.T) store.Driver {
+	t.Helper()
+	d, err := sqlite.Open(t.Context(), sqlite.Config{Path: filepath.Join(t.TempDir(), "w.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// seed inserts a task whose steps call the given callables and enqueues
+// every step, as an orchestrator would. It returns the step UUIDs in order.
+func seed(t *testing.T, d store.Driver, callables ...string) []string {
+	t.Helper()
+	ctx := t.Context()
+	now := time.Now()
+	taskUUID := uuid.NewString()
+	ids := make([]string, len(callables))
+	inserts := make([]store.StepInsert, len(callables))
+	msgs := make([]store.QueueMessageInsert, len(callables))
+	for i, c := range callables {
+		ids[i] = uuid.NewString()
+		inserts[i] = store.StepInsert{UUID: ids[i], Name: fmt.Sprintf("step_%d", i), Position: i, Callable: c,
+			MaxAttempts: 3, Retryable: true}
+		msgs[i] = store.QueueMessageInsert{Queue: store.WorkerQueue(testNS), TaskUUID: taskUUID, StepUUID: ids[i]}
+	}
+	err := store.InTx(ctx, d, func(tx store.Tx) error {
+		if err := tx.TaskInsert(ctx, store.TaskInsertParams{UUID: taskUUID, Namespace: testNS, Name: "seeded", Version: "1.0.0",
+			State: "steps_in_process", Context: json.RawMessage(`{"seeded":true}`), Now: now}); err != nil {
+			return err
+		}
+		if err := tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: taskUUID, Namespace: testNS, Steps: inserts, Now: now}); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: id, From: "pending", To: "enqueued",
+				Event: "enqueue", Now: now}); err != nil {
+				return err
+			}
+		}
+		return tx.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now})
+	})
+	if err != nil {
+		t.Fatalf("seed: %v", err)
+	}
+	return ids
+}
+
+// handlers is a Resolver over a fixed table of callables.
+func resolverFor(table map[string]Prepared) Resolver {
+	return func(_ context.Context, c *store.ClaimedStep) (Prepared, error) {
+		p, ok := table[c.Callable]
+		if !ok {
+			return Prepared{}, &HandlerNotFoundError{Callable: c.Callable}
+		}
+		return p, nil
+	}
+}
+
+func handlerOf(fn HandlerFunc) Prepared { return Prepared{Handler: fn} }
+
+func returning(v any, err error) Prepared {
+	return handlerOf(func(context.Context) (any, error) { return v, err })
+}
+
+// completer writes results straight through the store, as the in-process
+// path does minus the orchestration. hook, if set, runs before each batch.
+type completer struct {
+	d    store.Driver
+	hook func(comps []store.StepCompletion)
+
+	mu      sync.Mutex
+	written int
+	refused []error
+}
+
+func (c *completer) complete(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
+	if c.hook != nil {
+		c.hook(comps)
+	}
+	var refused []error
+	err := store.InTx(ctx, c.d, func(tx store.Tx) error {
+		var err error
+		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: comps, Now: time.Now()})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range refused {
+		if r != nil {
+			c.refused = append(c.refused, r)
+		} else {
+			c.written++
+		}
+	}
+	return refused, nil
+}
+
+func (c *completer) counts() (written int, refused []error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.written, slices.Clone(c.refused)
+}
+
+// callbackFunc adapts a function to PostHandlerCallback.
+type callbackFunc func(ctx context.Context, r *Result)
+
+func (f callbackFunc) OnHandlerComplete(ctx context.Context, r *Result) { f(ctx, r) }
+
+// logCapture is a slog handler that keeps the messages it is given.
+type logCapture struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCapture) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *logCapture) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logCapture) WithGroup(string) slog.Handler      { return l }
+
+func (l *logCapture) has(sub string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.msgs {
+		if strings.Contains(m, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func testConfig(logs *logCapture) Config {
+	return Config{Owner: "w-test", Queues: []string{store.WorkerQueue(testNS)}, PollInterval: 20 * time.Millisecond,
+		Logger: slog.New(logs)}
+}
+
+// startWorker starts w and stops it when the test ends, if the test did not.
+func startWorker(t *testing.T, w *Worker) {
+	t.Helper()
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+		defer cancel()
+		_ = w.Stop(ctx)
+	})
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func getStep(t *testing.T, d store.Driver, id string) *store.StepRow {
+	t.Helper()
+	s, err := d.Reader().StepGet(t.Context(), store.StepGetParams{UUID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// finished reports whether every step left the worker's hands.
+func finished(t *testing.T, d store.Driver, ids ...string) bool {
+	t.Helper()
+	for _, id := range ids {
+		switch getStep(t, d, id).State {
+		case "enqueued_for_orchestration", "enqueued_as_error_for_orchestration":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func queueDepth(t *testing.T, d store.Driver) (visible, leased int) {
+	t.Helper()
+	rows, err := d.Reader().QueueDepth(t.Context(), store.QueueDepthParams{Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		visible += r.Visible
+		leased += r.Leased
+	}
+	return visible, leased
+}
+
+func stopWithin(t *testing.T, w *Worker, budget time.Duration) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Stop(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(budget + waitLimit):
+		t.Fatalf("Stop with a %s budget did not return", budget)
+		return nil
+	}
+}
+
+// TestOutcomes pins rule 4: every way an attempt can end is recorded as the
+// right result.
+func TestOutcomes(t *testing.T) {
+	t.Parallel()
+	type tc struct {
+		callable  string
+		prep      Prepared
+		success   bool
+		value     string // success: the stored result
+		errType   string
+		retryable bool
+		contains  []string
+		retryMS   int64
+	}
+	cases := []tc{
+		{callable: "ok", prep: returning(map[string]any{"n": 1, "s": "x"}, nil), success: true, value: `{"n":1,"s":"x"}`},
+		{callable: "nil_result", prep: returning(nil, nil), success: true, value: `null`},
+		{callable: "plain_error", prep: returning(nil, errors.New("db hiccup")),
+			errType: store.ErrorTypeHandler, retryable: true, contains: []string{"db hiccup"}},
+		{callable: "permanent", prep: returning(nil, Permanent(errors.New("card declined"))),
+			errType: store.ErrorTypePermanent, contains: []string{"card declined"}},
+		{callable: "wrapped_permanent", prep: returning(nil, fmt.Errorf("charge: %w", Permanent(errors.New("no funds")))),
+			errType: store.ErrorTypePermanent, contains: []string{"charge: no funds"}},
+		{callable: "panic", prep: handlerOf(func(context.Context) (any, error) { panic("boom-42") }),
+			errType: store.ErrorTypePanic, contains: []string{"boom-42"}},
+		{callable: "timeout", prep: Prepared{Timeout: 50 * time.Millisecond, Handler: func(ctx context.Context) (any, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}}, errType: store.ErrorTypeTimeout, retryable: true},
+		{callable: "retry_after", prep: returning(nil, RetryAfter(errors.New("rate limited"), 3*time.Second)),
+			errType: store.ErrorTypeHandler, retryable: true, contains: []string{"rate limited"}, retryMS: 3000},
+		{callable: "chan_result", prep: returning(make(chan int), nil), errType: store.ErrorTypeUnserializable},
+		{callable: "func_result", prep: returning(func() {}, nil), errType: store.ErrorTypeUnserializable},
+		{callable: "missing.handler", errType: store.ErrorTypeHandlerNotFound, contains: []string{"missing.handler"}},
+	}
+	table := map[string]Prepared{}
+	var callables []string
+	for _, c := range cases {
+		if c.prep.Handler != nil {
+			table[c.callable] = c.prep
+		}
+		callables = append(callables, c.callable)
+	}
+	// A resolver that fails for another reason than a missing handler
+	// yields a retryable failure.
+	resolve := resolverFor(table)
+	cases = append(cases, tc{callable: "unpreparable", errType: store.ErrorTypeHandler, retryable: true,
+		contains: []string{"prepare step", "vault sealed"}})
+	callables = append(callables, "unpreparable")
+	resolver := func(ctx context.Context, c *store.ClaimedStep) (Prepared, error) {
+		if c.Callable == "unpreparable" {
+			return Prepared{}, errors.New("vault sealed")
+		}
+		return resolve(ctx, c)
+	}
+
+	d := openStore(t)
+	ids := seed(t, d, callables...)
+	comp := &completer{d: d}
+	w := New(d, resolver, comp.complete, nil, testConfig(&logCapture{}))
+	startWorker(t, w)
+	eventually(t, "every result to be written", func() bool {
+		written, refused := comp.counts()
+		return written+len(refused) == len(cases)
+	})
+
+	for i, c := range cases {
+		t.Run(c.callable, func(t *testing.T) {
+			s := getStep(t, d, ids[i])
+			if s.Attempts != 1 {
+				t.Errorf("attempts = %d, want 1", s.Attempts)
+			}
+			if c.success {
+				if s.State != "enqueued_for_orchestration" || string(s.Result) != c.value || s.Error != nil {
+					t.Errorf("state %s, result %s, error %s; want success with %s", s.State, s.Result, s.Error, c.value)
+				}
+				return
+			}
+			if s.State != "enqueued_as_error_for_orchestration" || s.Result != nil {
+				t.Fatalf("state %s, result %s; want a failure", s.State, s.Result)
+			}
+			var info store.StepErrorInfo
+			if err := json.Unmarshal(s.Error, &info); err != nil {
+				t.Fatalf("stored error %s: %v", s.Error, err)
+			}
+			if info.Type != c.errType || info.Retryable != c.retryable || info.RetryAfterMS != c.retryMS || info.Attempt != 1 {
+				t.Errorf("stored error = %+v; want type %s, retryable %v, retry_after_ms %d, attempt 1",
+					info, c.errType, c.retryable, c.retryMS)
+			}
+			for _, sub := range c.contains {
+				if !strings.Contains(info.Message, sub) {
+					t.Errorf("error message %q does not mention %q", info.Message, sub)
+				}
+			}
+		})
+	}
+	if written, refused := comp.counts(); written != len(cases) || len(refused) != 0 {
+		t.Errorf("completer wrote %d results and refused %v; want %d and none", written, refused, len(cases))
+	}
+	if visible, leased := queueDepth(t, d); visible+leased != 0 {
+		t.Errorf("queue still holds %d visible and %d leased messages", visible, leased)
+	}
+}
+
+// TestResultReachesChannelBeforeCallback pins rule 1. Handlers finish one
+// at a time, on the test's signal, and the completion processor is held
+// (batch size 1, completer blocked), so when the callback for the k-th
+// result runs, exactly k results have been produced: the channel must have
+// counted all k, this one included, and every result after the first must
+// still be sitting in it.
+func TestResultReachesChannelBeforeCallback(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	const n = 3
+	ids := seed(t, d, "gated", "gated", "gated")
+
+	started := make(chan struct{}, n)
+	release := make(chan struct{})
+	resolve := resolverFor(map[string]Prepared{"gated": handlerOf(func(ctx context.Context) (any, error) {
+		started <- struct{}{}
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})})
+	gate := make(chan struct{})
+	comp := &completer{d: d, hook: func([]store.StepCompletion) { <-gate }}
+
+	type call struct {
+		stats chanmon.Stats
+		res   *Result
+	}
+	calls := make(chan call, n)
+	var w *Worker
+	cb := callbackFunc(func(_ context.Context, r *Result) {
+		calls <- call{w.CompletionStats(), r}
+	})
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.CompletionBuffer, cfg.CompletionBatch = n, 10, 1
+	w = New(d, resolve, comp.complete, cb, cfg)
+	startWorker(t, w)
+	openGate, releaseAll := sync.OnceFunc(func() { close(gate) }), sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseAll) // on failure, before the Stop registered by start
+	t.Cleanup(openGate)
+
+	for range n {
+		select {
+		case <-started:
+		case <-time.After(waitLimit):
+			t.Fatal("handlers did not start")
+		}
+	}
+	seen := map[string]bool{}
+	for k := 1; k <= n; k++ {
+		release <- struct{}{}
+		var c call
+		select {
+		case c = <-calls:
+		case <-time.After(waitLimit):
+			t.Fatalf("no callback for result %d", k)
+		}
+		if c.stats.Sent != uint64(k) {
+			t.Errorf("callback %d: completion channel had accepted %d results, want %d (this one included)", k, c.stats.Sent, k)
+		}
+		if k > 1 && c.stats.Depth < k-1 {
+			t.Errorf("callback %d: %d results in the channel, want at least %d while the processor is held", k, c.stats.Depth, k-1)
+		}
+		if !c.res.Success || string(c.res.Value) != `"done"` || seen[c.res.Step.StepUUID] {
+			t.Errorf("callback %d got result %+v", k, c.res)
+		}
+		seen[c.res.Step.StepUUID] = true
+	}
+	if written, _ := comp.counts(); written != 0 {
+		t.Errorf("%d results written while the completer was held", written)
+	}
+	releaseAll()
+	openGate()
+	eventually(t, "all results written", func() bool { return finished(t, d, ids...) })
+}
+
+// TestStopPastBudget pins rule 6's second half and rule 1's refusal: a
+// handler that ignores cancellation does not hold Stop past its budget, its
+// step keeps its lease so that an orchestrator rescues it, and when it
+// returns at last, the closed completion channel refuses its result and no
+// callback runs.
+func TestStopPastBudget(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ids := seed(t, d, "stubborn")
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	resolve := resolverFor(map[string]Prepared{"stubborn": handlerOf(func(context.Context) (any, error) {
+		started <- struct{}{}
+		<-release // ignores its context
+		return "too late", nil
+	})})
+	var callbacks atomic.Int32
+	cb := callbackFunc(func(context.Context, *Result) { callbacks.Add(1) })
+	comp := &completer{d: d}
+	logs := &logCapture{}
+	cfg := testConfig(logs)
+	cfg.StepLease = 5 * time.Second
+	w := New(d, resolve, comp.complete, cb, cfg)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	releaseHandler := sync.OnceFunc(func() { close(release) })
+	defer releaseHandler()
+	select {
+	case <-started:
+	case <-time.After(waitLimit):
+		t.Fatal("handler did not start")
+	}
+
+	err := stopWithin(t, w, 50*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "budget") {
+		t.Fatalf("Stop past its budget = %v, want an error about the budget", err)
+	}
+	s := getStep(t, d, ids[0])
+	if s.State != "in_progress" || s.Attempts != 1 {
+		t.Errorf("after Stop: step %s with %d attempts, want in_progress with 1", s.State, s.Attempts)
+	}
+	if visible, leased := queueDepth(t, d); visible != 0 || leased != 1 {
+		t.Errorf("after Stop: %d visible, %d leased messages; want the step's message still leased", visible, leased)
+	}
+	expired, err := d.Reader().QueueExpired(t.Context(), store.QueueExpiredParams{Now: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(expired) != 1 || expired[0].StepUUID != ids[0] || expired[0].LeaseOwner != "w-test" {
+		t.Errorf("once the lease runs out, QueueExpired = %+v, want the step's message for rescue", expired)
+	}
+
+	releaseHandler()
+	eventually(t, "the late result to be refused", func() bool { return logs.has("not accepted by completion channel") })
+	if n := callbacks.Load(); n != 0 {
+		t.Errorf("callback ran %d times for a result the channel refused", n)
+	}
+	if written, _ := comp.counts(); written != 0 {
+		t.Errorf("%d results written after the channel closed", written)
+	}
+	if s := getStep(t, d, ids[0]); s.State != "in_progress" {
+		t.Errorf("after the late return: step %s, want in_progress", s.State)
+	}
+	if w.InFlight() != 0 {
+		t.Errorf("InFlight = %d after the late return, want 0", w.InFlight())
+	}
+}
+
+// TestStopDrainsInFlight pins rule 6's first half: Stop waits for handlers
+// that are running, writes their results, and only then returns; nothing is
+// claimed afterwards.
+func TestStopDrainsInFlight(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	const n = 3
+	ids := seed(t, d, "slow", "slow", "slow")
+	started := make(chan struct{}, n)
+	release := make(chan struct{})
+	resolve := resolverFor(map[string]Prepared{"slow": handlerOf(func(ctx context.Context) (any, error) {
+		started <- struct{}{}
+		<-release
+		return "finished", nil
+	})})
+	var callbacks atomic.Int32
+	cb := callbackFunc(func(context.Context, *Result) { callbacks.Add(1) })
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency = n
+	w := New(d, resolve, comp.complete, cb, cfg)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		select {
+		case <-started:
+		case <-time.After(waitLimit):
+			t.Fatal("handlers did not start")
+		}
+	}
+
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+		defer cancel()
+		stopped <- w.Stop(ctx)
+	}()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) while handlers were still running", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Stop = %v, want nil", err)
+		}
+	case <-time.After(2 * waitLimit):
+		t.Fatal("Stop did not return")
+	}
+	// Checked right after Stop returned: nothing may still be on its way.
+	for _, id := range ids {
+		if s := getStep(t, d, id); s.State != "enqueued_for_orchestration" || string(s.Result) != `"finished"` {
+			t.Errorf("step %s: state %s, result %s; want its result written", id, s.State, s.Result)
+		}
+	}
+	if n := callbacks.Load(); n != 3 {
+		t.Errorf("callback ran %d times, want 3", n)
+	}
+	if w.InFlight() != 0 {
+		t.Errorf("InFlight = %d after Stop", w.InFlight())
+	}
+
+	// A stopped worker claims nothing and cannot be restarted.
+	late := seed(t, d, "slow")
+	time.Sleep(10 * cfg.PollInterval)
+	if s := getStep(t, d, late[0]); s.State != "enqueued" {
+		t.Errorf("step enqueued after Stop is %s, want enqueued", s.State)
+	}
+	if err := w.Start(t.Context()); err == nil {
+		t.Error("Start after Stop succeeded")
+	}
+	if err := w.Stop(t.Context()); err != nil {
+		t.Errorf("second Stop = %v, want nil", err)
+	}
+}
+
+// TestCallbackPanicDoesNotChangeOutcome pins rule 2: a callback that
+// panics is its own problem; the result stands and the worker carries on.
+func TestCallbackPanicDoesNotChangeOutcome(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ids := seed(t, d, "ok", "fails", "ok", "ok")
+	resolve := resolverFor(map[string]Prepared{
+		"ok":    returning("fine", nil),
+		"fails": returning(nil, Permanent(errors.New("nope"))),
+	})
+	var callbacks atomic.Int32
+	cb := callbackFunc(func(context.Context, *Result) {
+		callbacks.Add(1)
+		panic("publisher exploded")
+	})
+	comp := &completer{d: d}
+	logs := &logCapture{}
+	cfg := testConfig(logs)
+	cfg.Concurrency = 1
+	w := New(d, resolve, comp.complete, cb, cfg)
+	startWorker(t, w)
+	eventually(t, "every step to have a result", func() bool { return finished(t, d, ids...) })
+
+	for i, id := range ids {
+		s := getStep(t, d, id)
+		want := "enqueued_for_orchestration"
+		if i == 1 {
+			want = "enqueued_as_error_for_orchestration"
+		}
+		if s.State != want {
+			t.Errorf("step %d: state %s, want %s", i, s.State, want)
+		}
+	}
+	eventually(t, "every callback to run", func() bool { return callbacks.Load() == int32(len(ids)) })
+	if !logs.has("callback panicked") {
+		t.Error("the callback's panic was not logged")
+	}
+	if err := stopWithin(t, w, waitLimit); err != nil {
+		t.Errorf("Stop = %v", err)
+	}
+}
+
+// TestBackpressure pins rule 3: with a one-slot completion channel and a
+// slow writer, dispatch waits for room instead of dropping results, claims
+// stop while the channel is saturated, and no more steps are in flight
+// than there are permits.
+func TestBackpressure(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	const steps, concurrency = 30, 4
+	callables := make([]string, steps)
+	for i := range callables {
+		callables[i] = "quick"
+	}
+	ids := seed(t, d, callables...)
+	resolve := resolverFor(map[string]Prepared{"quick": returning("q", nil)})
+
+	var w *Worker
+	var first sync.Once
+	comp := &completer{d: d, hook: func([]store.StepCompletion) {
+		// The first batch is held until a dispatch goroutine has had to
+		// wait for room, so that the wait is certain, not likely.
+		first.Do(func() {
+			deadline := time.Now().Add(waitLimit)
+			for w.CompletionStats().BlockedSends == 0 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		})
+		time.Sleep(50 * time.Millisecond)
+	}}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.CompletionBuffer = concurrency, 1
+	w = New(d, resolve, comp.complete, nil, cfg)
+
+	var maxInFlight atomic.Int64
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := int64(w.InFlight()); n > maxInFlight.Load() {
+				maxInFlight.Store(n)
+			}
+			select {
+			case <-sampling:
+				return
+			case <-time.After(200 * time.Microsecond):
+			}
+		}
+	}()
+	startWorker(t, w)
+	eventually(t, "every result to be written", func() bool {
+		written, _ := comp.counts()
+		return written == steps
+	})
+	close(sampling)
+	<-sampled
+
+	for _, id := range ids {
+		if s := getStep(t, d, id); s.State != "enqueued_for_orchestration" {
+			t.Errorf("step %s is %s, want its result written", id, s.State)
+		}
+	}
+	st := w.CompletionStats()
+	if st.Sent != steps || st.Dropped != 0 {
+		t.Errorf("completion channel: sent %d, dropped %d; want %d, 0", st.Sent, st.Dropped, steps)
+	}
+	if st.BlockedSends == 0 || st.BlockedTime <= 0 {
+		t.Errorf("completion channel: %d blocked sends for %s; want dispatch to have waited", st.BlockedSends, st.BlockedTime)
+	}
+	if st.MaxDepth != st.Capacity {
+		t.Errorf("completion channel max depth %d, want its capacity %d (critical)", st.MaxDepth, st.Capacity)
+	}
+	if m := maxInFlight.Load(); m > concurrency {
+		t.Errorf("%d steps in flight at once, more than the %d permits", m, concurrency)
+	}
+	if _, refused := comp.counts(); len(refused) != 0 {
+		t.Errorf("results refused: %v", refused)
+	}
+}
+
+// TestConcurrencyLimit: never more handlers at once than permits.
+func TestConcurrencyLimit(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	const steps, concurrency = 20, 3
+	callables := make([]string, steps)
+	for i := range callables {
+		callables[i] = "busy"
+	}
+	ids := seed(t, d, callables...)
+	var running, most atomic.Int64
+	resolve := resolverFor(map[string]Prepared{"busy": handlerOf(func(ctx context.Context) (any, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+		return n, nil
+	})})
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency = concurrency
+	cfg.ClaimBatch = steps // ask for more than the permits allow
+	w := New(d, resolve, comp.complete, nil, cfg)
+	startWorker(t, w)
+	eventually(t, "every step to have a result", func() bool { return finished(t, d, ids...) })
+	if m := most.Load(); m > concurrency || m < 1 {
+		t.Errorf("at most %d handlers ran at once, want between 1 and %d", m, concurrency)
+	}
+}
+
+// TestMonitorsRegistered pins rule 5.
+func TestMonitorsRegistered(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	reg := chanmon.NewRegistry()
+	cfg := testConfig(&logCapture{})
+	cfg.Monitors, cfg.Concurrency, cfg.CompletionBuffer = reg, 7, 11
+	w := New(d, resolverFor(nil), (&completer{d: d}).complete, nil, cfg)
+	got := map[string]int{}
+	for _, s := range reg.Snapshot() {
+		got[s.Name] = s.Capacity
+	}
+	want := map[string]int{"worker.dispatch": 7, "worker.completion": 11}
+	for name, capacity := range want {
+		if c, ok := got[name]; !ok || c != capacity {
+			t.Errorf("registry has %q with capacity %d (present %v), want capacity %d", name, c, ok, capacity)
+		}
+	}
+	if w.DispatchStats().Name != "worker.dispatch" || w.CompletionStats().Name != "worker.completion" {
+		t.Errorf("stats names %q, %q", w.DispatchStats().Name, w.CompletionStats().Name)
+	}
+}
+
+// TestHeartbeatKeepsLease: a handler that runs longer than the lease keeps
+// its step, because the heartbeat extends the lease, and its result is
+// accepted.
+func TestHeartbeatKeepsLease(t *testing.T) {
+	// Not parallel: the heartbeat must tick on time for the lease to hold.
+	d := openStore(t)
+	ids := seed(t, d, "long")
+	done := make(chan struct{})
+	resolve := resolverFor(map[string]Prepared{"long": handlerOf(func(ctx context.Context) (any, error) {
+		defer close(done)
+		select {
+		case <-time.After(time.Second):
+			return "survived", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})})
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.StepLease = 300 * time.Millisecond
+	w := New(d, resolve, comp.complete, nil, cfg)
+	startWorker(t, w)
+
+	eventually(t, "the step to be claimed", func() bool { return getStep(t, d, ids[0]).State == "in_progress" })
+	checks := 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		case <-time.After(20 * time.Millisecond):
+		}
+		expired, err := d.Reader().QueueExpired(t.Context(), store.QueueExpiredParams{Now: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(expired) != 0 {
+			t.Fatalf("lease expired while the handler ran: %+v", expired)
+		}
+		checks++
+	}
+	eventually(t, "the result to be written", func() bool {
+		written, refused := comp.counts()
+		return written+len(refused) == 1
+	})
+	s := getStep(t, d, ids[0])
+	if s.State != "enqueued_for_orchestration" || string(s.Result) != `"survived"` {
+		t.Errorf("step %s with result %s, want the handler's result", s.State, s.Result)
+	}
+	if written, refused := comp.counts(); written != 1 || len(refused) != 0 {
+		t.Errorf("completer wrote %d, refused %v; want 1, none", written, refused)
+	}
+	if checks < 3 {
+		t.Errorf("only %d lease checks during a 1s run", checks)
+	}
+}
