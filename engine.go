@@ -209,7 +209,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
 		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
 		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
-		Monitors: e.monitors,
+		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim,
 	})
 	if err := e.orch.Start(ctx); err != nil {
 		return err
@@ -302,7 +302,7 @@ func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error)
 	if err != nil {
 		return nil, err
 	}
-	row, err := e.orch.CreateTask(ctx, orchestration.CreateTaskParams{
+	row, steps, sum, err := e.orch.CreateTask(ctx, orchestration.CreateTaskParams{
 		Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
 		IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
 		Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
@@ -310,7 +310,7 @@ func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error)
 	if err != nil {
 		return nil, err
 	}
-	return e.GetTask(ctx, row.UUID)
+	return taskFrom(row, steps, sum), nil
 }
 
 func marshalContext(v any) (json.RawMessage, error) {
@@ -337,6 +337,10 @@ func (e *Engine) GetTask(ctx context.Context, taskUUID string) (*Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	return taskFrom(row, steps, sum), nil
+}
+
+func taskFrom(row *store.TaskRow, steps []store.StepRow, sum orchestration.Summary) *Task {
 	t := &Task{
 		UUID: row.UUID, Namespace: row.Namespace, Name: row.Name, Version: row.Version, State: row.State,
 		ExecutionStatus: string(sum.Status), Context: row.Context, Initiator: row.Initiator,
@@ -348,7 +352,7 @@ func (e *Engine) GetTask(ctx context.Context, taskUUID string) (*Task, error) {
 	if t.TotalSteps > 0 {
 		t.CompletionPercentage = 100 * float64(sum.Complete) / float64(t.TotalSteps)
 	}
-	return t, nil
+	return t
 }
 
 // TaskSteps returns a task's steps in template order, with their results,

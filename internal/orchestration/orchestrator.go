@@ -204,18 +204,30 @@ type CreateTaskParams struct {
 
 // CreateTask validates the request, then in one transaction inserts the
 // task, its steps and edges, and enqueues the steps that are ready.
-func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, error) {
+func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, []store.StepRow, Summary, error) {
+	task, steps, err := o.createTask(ctx, p)
+	if err != nil {
+		return nil, nil, Summary{}, err
+	}
+	views := make([]StepView, len(steps))
+	for i, s := range steps {
+		views[i] = viewOf(s)
+	}
+	return task, steps, Evaluate(views, o.cfg.Now()), nil
+}
+
+func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, []store.StepRow, error) {
 	t, err := o.templates.Get(ctx, p.Namespace, p.Name, p.Version)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	taskCtx, err := normaliseContext(t, p.Context)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	identity, err := identityHash(t, taskCtx, p.IdempotencyKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := o.cfg.Now()
 	task := &store.TaskRow{
@@ -261,10 +273,10 @@ func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*sto
 		return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	o.announce(eff)
-	return task, nil
+	return task, steps, nil
 }
 
 // normaliseContext checks that the context is a JSON object valid against
@@ -540,8 +552,18 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 // process with an orchestrator. The returned slice has, per completion, nil
 // or the reason it was refused (store.ErrLeaseLost).
 func (o *Orchestrator) CompleteSteps(ctx context.Context, completions []store.StepCompletion) ([]error, error) {
+	refused, _, err := o.CompleteAndClaim(ctx, completions, store.StepsClaimParams{})
+	return refused, err
+}
+
+// CompleteAndClaim is CompleteSteps followed, in the same transaction, by a
+// claim of up to claim.Limit steps for the calling worker: the steps the
+// results made ready go straight to it, without another transaction.
+func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store.StepCompletion,
+	claim store.StepsClaimParams) ([]error, []store.ClaimedStep, error) {
 	eff := newEffects()
 	var refused []error
+	var claimed []store.ClaimedStep
 	now := o.cfg.Now()
 	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
 		var err error
@@ -566,13 +588,17 @@ func (o *Orchestrator) CompleteSteps(ctx context.Context, completions []store.St
 				return err
 			}
 		}
-		return nil
+		if claim.Limit > 0 && len(claim.Queues) > 0 {
+			claim.Now = now
+			claimed, err = tx.StepsClaim(ctx, claim)
+		}
+		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	o.announce(eff)
-	return refused, nil
+	return refused, claimed, nil
 }
 
 // ForwardCompletions records handler outcomes and queues them for whichever

@@ -194,7 +194,7 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) create(name, taskCtx string) *store.TaskRow {
 	h.t.Helper()
-	task, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: name, Context: json.RawMessage(taskCtx)})
+	task, _, _, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: name, Context: json.RawMessage(taskCtx)})
 	if err != nil {
 		h.t.Fatalf("CreateTask %s: %v", name, err)
 	}
@@ -471,7 +471,7 @@ func TestCreateTaskIdentity(t *testing.T) {
 			h := newHarness(t)
 			created := 0
 			for i, r := range tc.reqs {
-				task, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: r.name,
+				task, _, _, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: r.name,
 					Context: json.RawMessage(r.ctx), IdempotencyKey: r.key})
 				if !errors.Is(err, r.wantErr) {
 					t.Fatalf("request %d: CreateTask error = %v, want %v", i, err, r.wantErr)
@@ -509,7 +509,7 @@ func TestCreateTaskRefusesBadRequests(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t)
-			task, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: tc.template, Version: tc.version,
+			task, _, _, err := h.orch.CreateTask(h.ctx, CreateTaskParams{Namespace: testNS, Name: tc.template, Version: tc.version,
 				Context: json.RawMessage(tc.ctx)})
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("CreateTask error = %v, want %v", err, tc.wantErr)

@@ -50,6 +50,13 @@ type Resolver func(ctx context.Context, step *store.ClaimedStep) (Prepared, erro
 // slice has, per completion, nil or the reason it was refused.
 type Completer func(ctx context.Context, completions []store.StepCompletion) ([]error, error)
 
+// ClaimingCompleter writes a batch of results and, in the same transaction,
+// claims up to claim.Limit steps (claim.Limit may be 0). Handing the steps
+// that a result made ready straight to this worker saves a transaction and
+// a wake-up per step.
+type ClaimingCompleter func(ctx context.Context, completions []store.StepCompletion,
+	claim store.StepsClaimParams) ([]error, []store.ClaimedStep, error)
+
 // Result is the outcome of one attempt.
 type Result struct {
 	Step     store.ClaimedStep
@@ -100,6 +107,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Monitors, if set, receives the worker's channel monitors.
 	Monitors *chanmon.Registry
+	// CompleteAndClaim, if set, is used instead of the Completer so that a
+	// batch of results and the claim of follow-on steps share a transaction.
+	CompleteAndClaim ClaimingCompleter
 }
 
 func (c *Config) setDefaults() {
@@ -157,7 +167,14 @@ type Worker struct {
 	sem        chan struct{}
 	wake       chan struct{}
 
-	inFlight atomic.Int64 // claimed, result not yet in the completion channel
+	// inFlight counts steps claimed (or reserved for a claim) whose result
+	// has not yet entered the completion channel.
+	inFlight atomic.Int64
+
+	// handoffMu orders claims made by the completion processor against
+	// Stop closing the dispatch channel.
+	handoffMu sync.Mutex
+	stopping  bool
 
 	queueMu sync.Mutex
 	queues  []string
@@ -273,6 +290,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 
 	w.claimCancel(ErrStopping)
 	<-w.claimDone
+	w.handoffMu.Lock()
+	w.stopping = true
+	w.handoffMu.Unlock()
 	w.dispatch.Close()
 	<-w.dispDone
 
@@ -340,39 +360,70 @@ func (w *Worker) runClaims(ctx context.Context) {
 	}
 }
 
-// capacity is how many more steps may be claimed now.
-func (w *Worker) capacity() int {
+// reserve takes up to ClaimBatch slots of claim capacity and returns how
+// many it took. Claims stop while in-flight steps reach the load-shedding
+// limit or the completion channel is critically saturated. Two claimers
+// (the claim loop and the completion processor) never overshoot together.
+func (w *Worker) reserve() int {
 	if w.completion.Stats().Level == chanmon.Critical {
 		return 0
 	}
-	limit := int(float64(w.cfg.Concurrency) * w.cfg.LoadShedThreshold)
+	limit := int64(float64(w.cfg.Concurrency) * w.cfg.LoadShedThreshold)
 	if limit < 1 {
 		limit = 1
 	}
-	return min(limit-int(w.inFlight.Load()), w.cfg.ClaimBatch)
+	for {
+		cur := w.inFlight.Load()
+		n := min(limit-cur, int64(w.cfg.ClaimBatch))
+		if n <= 0 {
+			return 0
+		}
+		if w.inFlight.CompareAndSwap(cur, cur+n) {
+			return int(n)
+		}
+	}
 }
 
-func (w *Worker) claimOnce(ctx context.Context) (int, error) {
-	n := w.capacity()
+func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 	w.queueMu.Lock()
 	queues := append([]string(nil), w.queues...)
 	w.queueMu.Unlock()
-	if n <= 0 || len(queues) == 0 {
+	if len(queues) == 0 {
+		limit = 0
+	}
+	return store.StepsClaimParams{Queues: queues, Limit: limit, Lease: w.cfg.StepLease, Owner: w.cfg.Owner, Now: time.Now()}
+}
+
+func (w *Worker) claimOnce(ctx context.Context) (int, error) {
+	n := w.reserve()
+	if n == 0 {
+		return 0, nil
+	}
+	p := w.claimParams(n)
+	if p.Limit == 0 {
+		w.inFlight.Add(int64(-n))
 		return 0, nil
 	}
 	var claimed []store.ClaimedStep
 	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
 		var err error
-		claimed, err = tx.StepsClaim(ctx, store.StepsClaimParams{Queues: queues, Limit: n,
-			Lease: w.cfg.StepLease, Owner: w.cfg.Owner, Now: time.Now()})
+		claimed, err = tx.StepsClaim(ctx, p)
 		return err
 	})
 	if err != nil {
+		w.inFlight.Add(int64(-n))
 		return 0, err
 	}
+	w.accept(ctx, claimed, n)
+	return len(claimed), nil
+}
+
+// accept hands claimed steps to the dispatcher and returns the unused part
+// of a reservation of reserved slots.
+func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserved int) {
+	w.inFlight.Add(int64(len(claimed) - reserved))
 	for i := range claimed {
 		c := &claimed[i]
-		w.inFlight.Add(1)
 		w.leaseMu.Lock()
 		w.leases[c.Message.ID] = &lease{token: c.Message.LeaseToken}
 		w.leaseMu.Unlock()
@@ -382,7 +433,6 @@ func (w *Worker) claimOnce(ctx context.Context) (int, error) {
 			w.log.Error("dispatch claimed step", "step_uuid", c.StepUUID, "error", err)
 		}
 	}
-	return len(claimed), nil
 }
 
 func (w *Worker) runDispatcher() {
@@ -567,7 +617,7 @@ func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
 	}
 	delay := 10 * time.Millisecond
 	for {
-		refused, err := w.complete(ctx, comps)
+		refused, err := w.writeBatch(ctx, comps)
 		if err == nil {
 			for i, rerr := range refused {
 				if rerr != nil {
@@ -655,4 +705,26 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		}
 	}
 	w.leaseMu.Unlock()
+}
+
+// writeBatch writes one batch of results. With a claiming completer and free
+// capacity it also claims follow-on steps in the same transaction and
+// dispatches them.
+func (w *Worker) writeBatch(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
+	if w.cfg.CompleteAndClaim == nil {
+		return w.complete(ctx, comps)
+	}
+	w.handoffMu.Lock()
+	defer w.handoffMu.Unlock()
+	n := 0
+	if !w.stopping {
+		n = w.reserve()
+	}
+	refused, claimed, err := w.cfg.CompleteAndClaim(ctx, comps, w.claimParams(n))
+	if err != nil {
+		w.inFlight.Add(int64(-n))
+		return nil, err
+	}
+	w.accept(ctx, claimed, n)
+	return refused, nil
 }
