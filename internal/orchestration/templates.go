@@ -93,6 +93,10 @@ func checkSupported(t *template.Template) error {
 				Message: "domain event publishing is not supported by this engine yet"})
 		}
 	}
+	if t.Lifecycle != (template.Lifecycle{}) {
+		problems = append(problems, template.Problem{Template: t.Key(), Field: "lifecycle",
+			Message: "lifecycle thresholds are not enforced by this engine yet"})
+	}
 	if len(problems) > 0 {
 		return &template.ValidationError{Problems: problems}
 	}
