@@ -235,7 +235,12 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	werr := w.Stop(ctx)
-	oerr := e.orch.Stop(ctx)
+	// The orchestrator's actors stop within one transaction; give them a
+	// budget of their own so a drain that used up ctx does not leave them
+	// running under a closing database.
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	oerr := e.orch.Stop(octx)
 	return errors.Join(werr, oerr)
 }
 

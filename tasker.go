@@ -175,9 +175,11 @@ type Task struct {
 	UUID, Namespace, Name, Version string
 	// State is the task's lifecycle state (see the state package).
 	State string
-	// ExecutionStatus is has_ready_steps, processing, all_complete,
-	// waiting_for_dependencies or blocked_by_failures, in that order of
-	// precedence except that blocked_by_failures comes first.
+	// ExecutionStatus is what the steps allow next, by precedence:
+	// blocked_by_failures (a step is in error), has_ready_steps,
+	// processing, all_complete, waiting_for_dependencies. It describes
+	// the steps, not the task's state: a cancelled task whose steps are
+	// cancelled reports waiting_for_dependencies.
 	ExecutionStatus string
 	Context         json.RawMessage
 	Initiator       string

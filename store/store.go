@@ -322,10 +322,13 @@ type QueueExtendParams struct {
 
 // QueueDeleteParams removes a message. With a Token, only if the lease still
 // matches (else ErrLeaseLost); without, unconditionally (missing is not an
-// error).
+// error). With ExpiredBefore as well, only if the lease also expired before
+// that time, so that a lease renewed meanwhile is not taken (else
+// ErrLeaseLost).
 type QueueDeleteParams struct {
-	ID    int64
-	Token string
+	ID            int64
+	Token         string
+	ExpiredBefore time.Time
 }
 
 // QueueDeleteForStepsParams removes every message for the given steps.

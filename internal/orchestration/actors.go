@@ -226,9 +226,9 @@ func (o *Orchestrator) rescue(ctx context.Context, m store.QueueMessage) (bool, 
 	eff := newEffects()
 	rescued := false
 	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
-		if err := tx.QueueDelete(ctx, store.QueueDeleteParams{ID: m.ID, Token: m.LeaseToken}); err != nil {
+		if err := tx.QueueDelete(ctx, store.QueueDeleteParams{ID: m.ID, Token: m.LeaseToken, ExpiredBefore: now}); err != nil {
 			if errors.Is(err, store.ErrLeaseLost) {
-				return nil // extended or completed meanwhile
+				return nil // renewed by a heartbeat, or completed, meanwhile
 			}
 			return err
 		}
@@ -246,7 +246,8 @@ func (o *Orchestrator) rescue(ctx context.Context, m store.QueueMessage) (bool, 
 			Message: fmt.Sprintf("worker %s stopped heartbeating; lease expired", m.LeaseOwner)}
 		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: step.UUID, From: step.State,
 			To: string(state.StepEnqueuedAsErrorForOrchestration), Event: string(state.StepEventFailAttempt), Now: now,
-			SetError: true, Error: mustJSON(info), Metadata: mustJSON(map[string]any{"rescued_by": o.cfg.Owner})}); err != nil {
+			SetError: true, Error: mustJSON(info),
+			Metadata: mustJSON(map[string]any{"rescued_by": o.cfg.Owner, "worker": m.LeaseOwner, "error": info})}); err != nil {
 			return err
 		}
 		rescued = true

@@ -522,7 +522,7 @@ func (w *Worker) runHandler(c *store.ClaimedStep) *Result {
 		defer func() {
 			if p := recover(); p != nil {
 				done <- outcome{pan: &store.StepErrorInfo{Type: store.ErrorTypePanic,
-					Message: fmt.Sprintf("handler panicked: %v\n%s", p, debug.Stack())}}
+					Message: fmt.Sprintf("handler panicked: %v\n%s", p, truncate(debug.Stack(), 2048))}}
 			}
 		}()
 		v, err := prep.Handler(ctx)
@@ -727,4 +727,12 @@ func (w *Worker) writeBatch(ctx context.Context, comps []store.StepCompletion) (
 	}
 	w.accept(ctx, claimed, n)
 	return refused, nil
+}
+
+// truncate bounds a stack trace kept in a step's error.
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "\n…(truncated)"
 }

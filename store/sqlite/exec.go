@@ -603,7 +603,14 @@ func (e *executor) QueueDelete(ctx context.Context, p store.QueueDeleteParams) e
 		}
 		return nil
 	}
-	res, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ? AND lease_token = ?`, p.ID, p.Token)
+	var res sql.Result
+	var err error
+	if p.ExpiredBefore.IsZero() {
+		res, err = e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ? AND lease_token = ?`, p.ID, p.Token)
+	} else {
+		res, err = e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ? AND lease_token = ? AND lease_expires_at < ?`,
+			p.ID, p.Token, ts(p.ExpiredBefore))
+	}
 	if err != nil {
 		return fmt.Errorf("delete message %d: %w", p.ID, err)
 	}

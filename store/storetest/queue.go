@@ -245,12 +245,22 @@ func testQueueDelete(s *suite) {
 	s.wantErr("delete with a token of a removed message", del(store.QueueDeleteParams{ID: leased[0].ID, Token: leased[0].LeaseToken}), store.ErrLeaseLost)
 	s.wantErr("delete a removed message without a token", del(store.QueueDeleteParams{ID: leased[0].ID}), nil)
 
+	// A rescuer deletes only a lease that is still expired: leased[2]'s lease
+	// runs to t0+1h, so a delete guarded at t0+30m is refused and one
+	// guarded at t0+2h would succeed.
+	s.wantErr("delete guarded by expiry while the lease is live",
+		del(store.QueueDeleteParams{ID: leased[2].ID, Token: leased[2].LeaseToken, ExpiredBefore: at(30 * time.Minute)}), store.ErrLeaseLost)
+	s.wantDepth("q", t0, 0, 1)
+
 	rest, err := s.r().QueueExpired(s.ctx, store.QueueExpiredParams{Queues: []string{"q"}, Now: at(2 * time.Hour), Limit: 10})
 	if err != nil || len(rest) != 1 || rest[0].ID != leased[2].ID {
 		s.t.Fatalf("the one remaining leased message: %+v, %v", rest, err)
 	}
 	s.wantDepth("idle", t0, 1, 0)
 	s.wantDepth("q", t0, 0, 1)
+	s.wantErr("delete guarded by expiry after the lease ran out",
+		del(store.QueueDeleteParams{ID: leased[2].ID, Token: leased[2].LeaseToken, ExpiredBefore: at(2 * time.Hour)}), nil)
+	s.wantDepth("q", t0, 0, 0)
 }
 
 func testQueueDeleteForSteps(s *suite) {
