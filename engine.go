@@ -21,7 +21,9 @@ import (
 	"github.com/tasker-go/tasker/internal/worker"
 	"github.com/tasker-go/tasker/state"
 	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/store/postgres"
 	"github.com/tasker-go/tasker/store/sqlite"
+	"github.com/tasker-go/tasker/template"
 )
 
 // Engine is an open Tasker engine: a store, the orchestrator and, once
@@ -76,7 +78,11 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		d = sd
 	case "postgres":
-		return nil, errors.New("tasker: the PostgreSQL store is not available in this build yet; use a sqlite:// DatabaseURL")
+		pd, err := postgres.Open(ctx, postgres.Config{URL: addr, Schema: cfg.PostgresSchema, MaxConns: int32(cfg.PostgresMaxConns)})
+		if err != nil {
+			return nil, fmt.Errorf("tasker: %w", err)
+		}
+		d = pd
 	}
 	if err := d.Migrate(ctx); err != nil {
 		d.Close()
@@ -94,6 +100,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	e.orch = orchestration.New(d, orchestration.NewTemplates(d), engineNotifier{e}, orchestration.Config{
 		Owner: "orchestrator-" + e.id, Logger: cfg.Logger, JitterFraction: cfg.RetryJitter, PollInterval: cfg.PollInterval,
+		Monitors: e.monitors,
 	})
 	return e, nil
 }
@@ -126,7 +133,7 @@ func (e *Engine) RegisterTemplate(ctx context.Context, yamlDoc []byte) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if len(e.cfg.Namespaces) == 0 && !e.namespaces[t.Namespace] {
+	if len(e.cfg.Namespaces) == 0 && !e.namespaces[t.Namespace] && e.handlesAny(t) {
 		e.namespaces[t.Namespace] = true
 		if e.worker != nil {
 			e.worker.AddQueues(store.WorkerQueue(t.Namespace))
@@ -172,12 +179,37 @@ func (e *Engine) RegisterTemplatesDir(ctx context.Context, dir string) error {
 	return nil
 }
 
+// handlesAny reports whether this process has a handler for some step of t.
+// The caller holds e.mu.
+func (e *Engine) handlesAny(t *template.Template) bool {
+	for _, s := range t.Steps {
+		if _, ok := e.handlers[s.Handler.Callable]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // Handle registers the handler for a callable name used in templates'
-// handler.callable. Register handlers before Start.
+// handler.callable. Register handlers before Start; a handler added to a
+// running engine makes it claim the namespaces of templates that use it.
 func (e *Engine) Handle(callable string, h Handler) {
+	if h == nil {
+		panic("tasker: Handle(" + callable + ") with a nil handler")
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.handlers[callable] = h
+	if e.worker != nil && len(e.cfg.Namespaces) == 0 {
+		// A handler added to a running engine: claim the namespaces whose
+		// templates use it.
+		for _, t := range e.orch.Templates().Loaded() {
+			if !e.namespaces[t.Namespace] && e.handlesAny(t) {
+				e.namespaces[t.Namespace] = true
+				e.worker.AddQueues(store.WorkerQueue(t.Namespace))
+			}
+		}
+	}
 }
 
 // Start runs the orchestrator and a worker for this process's handlers.
@@ -192,12 +224,25 @@ func (e *Engine) Start(ctx context.Context) error {
 		return errors.New("tasker: engine already started")
 	}
 	if len(e.cfg.Namespaces) == 0 {
+		// Claim only namespaces this process has handlers for, so that
+		// engines serving different workflows can share a database
+		// without failing each other's steps as handler_not_found.
 		rows, err := e.driver.Reader().TemplateList(ctx, store.TemplateListParams{})
 		if err != nil {
 			return fmt.Errorf("tasker: start: %w", err)
 		}
 		for _, r := range rows {
-			e.namespaces[r.Namespace] = true
+			if e.namespaces[r.Namespace] {
+				continue
+			}
+			t, err := e.orch.Templates().Get(ctx, r.Namespace, r.Name, r.Version)
+			if err != nil {
+				e.log.Warn("skip unreadable template", "namespace", r.Namespace, "name", r.Name, "version", r.Version, "error", err)
+				continue
+			}
+			if e.handlesAny(t) {
+				e.namespaces[r.Namespace] = true
+			}
 		}
 	}
 	queues := make([]string, 0, len(e.namespaces))
@@ -210,6 +255,13 @@ func (e *Engine) Start(ctx context.Context) error {
 		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
 		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
 		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim,
+		Fallback: func(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
+			refused, err := orchestration.ForwardCompletions(ctx, e.driver, comps)
+			if err == nil {
+				e.orch.WakeResults()
+			}
+			return refused, err
+		},
 	})
 	if err := e.orch.Start(ctx); err != nil {
 		return err

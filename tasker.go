@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/tasker-go/tasker/internal/orchestration"
 	"github.com/tasker-go/tasker/state"
+	"github.com/tasker-go/tasker/store/postgres"
 	"github.com/tasker-go/tasker/template"
 )
 
@@ -79,7 +81,8 @@ type Config struct {
 	// Default 100.
 	CompletionBuffer int
 	// Namespaces limits the worker to these namespaces. Default: every
-	// namespace with a registered template.
+	// namespace with a registered template that has a step whose callable
+	// this process handles.
 	Namespaces []string
 	// StepLease is how long a claimed step stays owned by its worker without
 	// a heartbeat; a step whose worker died is retried after it. Default 30s.
@@ -101,6 +104,15 @@ type Config struct {
 	// SQLiteBusyTimeout is how long SQLite waits for another process's
 	// lock. Default 10s.
 	SQLiteBusyTimeout time.Duration
+
+	// PostgresSchema is the PostgreSQL schema that holds Tasker's tables;
+	// Open creates it. A lower-case SQL identifier. Engines that share a
+	// schema share their tasks. Default "tasker".
+	PostgresSchema string
+	// PostgresMaxConns is the size of each of the PostgreSQL driver's two
+	// connection pools (transactions, and reads outside them), so an engine
+	// opens at most twice this many connections. Default 10.
+	PostgresMaxConns int
 }
 
 func (c *Config) validate() error {
@@ -118,6 +130,13 @@ func (c *Config) validate() error {
 	check(c.PollInterval >= 0, "PollInterval", "must not be negative, got %s", c.PollInterval)
 	check(c.RetryJitter <= 1, "RetryJitter", "must be at most 1, got %g", c.RetryJitter)
 	check(c.SQLiteBusyTimeout >= 0, "SQLiteBusyTimeout", "must not be negative, got %s", c.SQLiteBusyTimeout)
+	check(c.PostgresMaxConns >= 0 && c.PostgresMaxConns <= math.MaxInt32, "PostgresMaxConns",
+		"must be between 0 and %d, got %d", math.MaxInt32, c.PostgresMaxConns)
+	if c.PostgresSchema != "" {
+		if err := postgres.CheckSchemaName(c.PostgresSchema); err != nil {
+			check(false, "PostgresSchema", "%v", err)
+		}
+	}
 	switch strings.ToUpper(c.SQLiteSynchronous) {
 	case "", "NORMAL", "FULL":
 	default:

@@ -256,6 +256,9 @@ type StepTransitionParams struct {
 	NextRetryAt    *time.Time
 	// ResetAttempts sets attempts back to zero.
 	ResetAttempts bool
+	// DecrementAttempts gives back one attempt (never below zero): the
+	// attempt was interrupted by a shutdown, not used by the handler.
+	DecrementAttempts bool
 }
 
 // StepTransitionsParams lists a step's history.

@@ -25,7 +25,9 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	if o.stop != nil {
 		return nil
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	// Only Stop ends the actors: ctx may be a start-up context that ends
+	// long before the orchestrator should.
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	o.stop = func() { cancel(ErrStopped) }
 	o.done = make(chan struct{})
 	var wg sync.WaitGroup
@@ -95,59 +97,55 @@ func (o *Orchestrator) runResults(ctx context.Context) {
 	}
 }
 
-// processQueuedResults claims a batch of result messages and processes them
-// in one transaction. If the batch fails, each message is leased on its own
-// and retried after the lease, so one bad message cannot block the rest.
+// processQueuedResults leases a batch of result messages, then processes
+// each task's results in a transaction of its own that also deletes their
+// messages. A task that fails to process keeps its messages leased: they
+// come back after ResultLease, and the rest of the batch is not held up.
 func (o *Orchestrator) processQueuedResults(ctx context.Context) (int, error) {
 	now := o.cfg.Now()
-	eff := newEffects()
-	var n int
+	var msgs []store.QueueMessage
 	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
-		msgs, err := tx.QueueClaim(ctx, store.QueueClaimParams{Queues: []string{store.OrchestrationQueue},
+		var err error
+		msgs, err = tx.QueueClaim(ctx, store.QueueClaimParams{Queues: []string{store.OrchestrationQueue},
 			Limit: o.cfg.ResultBatch, Lease: o.cfg.ResultLease, Owner: o.cfg.Owner, IncludeExpired: true, Now: now})
-		if err != nil {
-			return err
-		}
-		n = len(msgs)
-		byTask := map[string]map[string]bool{}
-		for _, m := range msgs {
-			if byTask[m.TaskUUID] == nil {
-				byTask[m.TaskUUID] = map[string]bool{}
-			}
-			byTask[m.TaskUUID][m.StepUUID] = true
-		}
-		for _, id := range sortedKeys(byTask) {
-			if err := o.processTask(ctx, tx, id, byTask[id], now, eff); err != nil {
-				return err
-			}
-		}
-		for _, m := range msgs {
-			if err := tx.QueueDelete(ctx, store.QueueDeleteParams{ID: m.ID, Token: m.LeaseToken}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		o.quarantineResults(ctx, now)
-		return 0, err
-	}
-	o.announce(eff)
-	return n, nil
-}
-
-// quarantineResults leases the visible result messages without processing
-// them, so that after a failed batch they are retried one lease later
-// instead of in a hot loop.
-func (o *Orchestrator) quarantineResults(ctx context.Context, now time.Time) {
-	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
-		_, err := tx.QueueClaim(ctx, store.QueueClaimParams{Queues: []string{store.OrchestrationQueue},
-			Limit: o.cfg.ResultBatch, Lease: o.cfg.ResultLease, Owner: o.cfg.Owner, Now: now})
 		return err
 	})
-	if err != nil && ctx.Err() == nil {
-		o.log.Error("lease failed result batch", "error", err)
+	if err != nil {
+		return 0, err
 	}
+	byTask := map[string][]store.QueueMessage{}
+	for _, m := range msgs {
+		byTask[m.TaskUUID] = append(byTask[m.TaskUUID], m)
+	}
+	for _, id := range sortedKeys(byTask) {
+		group := byTask[id]
+		steps := make(map[string]bool, len(group))
+		for _, m := range group {
+			steps[m.StepUUID] = true
+		}
+		eff := newEffects()
+		err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+			if err := o.processTask(ctx, tx, id, steps, now, eff); err != nil {
+				return err
+			}
+			for _, m := range group {
+				if err := tx.QueueDelete(ctx, store.QueueDeleteParams{ID: m.ID, Token: m.LeaseToken}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return len(msgs), err
+			}
+			o.log.Error("process queued step results; retrying after the lease", "task_uuid", id,
+				"messages", len(group), "retry_in", o.cfg.ResultLease, "error", err)
+			continue
+		}
+		o.announce(eff)
+	}
+	return len(msgs), nil
 }
 
 func (o *Orchestrator) runEvaluator(ctx context.Context) {
@@ -155,7 +153,7 @@ func (o *Orchestrator) runEvaluator(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case id := <-o.evalCh:
+		case id := <-o.evalCh.Recv():
 			if err := o.EvaluateTask(ctx, id); err != nil && ctx.Err() == nil {
 				o.log.Error("evaluate task", "task_uuid", id, "error", err)
 			}
@@ -188,12 +186,17 @@ func (o *Orchestrator) SweepRetries(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, id := range ids {
 		if err := o.EvaluateTask(ctx, id); err != nil {
-			return err
+			if ctx.Err() != nil {
+				return err
+			}
+			// One task that cannot be evaluated must not starve the others.
+			errs = append(errs, fmt.Errorf("task %s: %w", id, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // RescueExpiredLeases finds step messages whose lease ran out (the worker
@@ -206,19 +209,24 @@ func (o *Orchestrator) RescueExpiredLeases(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	rescued := 0
+	var errs []error
 	for _, m := range msgs {
 		if !store.IsWorkerQueue(m.Queue) {
 			continue // result messages are reclaimed by processQueuedResults
 		}
 		ok, err := o.rescue(ctx, m)
 		if err != nil {
-			return rescued, err
+			if ctx.Err() != nil {
+				return rescued, err
+			}
+			errs = append(errs, fmt.Errorf("step %s: %w", m.StepUUID, err))
+			continue
 		}
 		if ok {
 			rescued++
 		}
 	}
-	return rescued, nil
+	return rescued, errors.Join(errs...)
 }
 
 func (o *Orchestrator) rescue(ctx context.Context, m store.QueueMessage) (bool, error) {
@@ -226,6 +234,14 @@ func (o *Orchestrator) rescue(ctx context.Context, m store.QueueMessage) (bool, 
 	eff := newEffects()
 	rescued := false
 	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		// Task row first, as in every orchestration transaction, so that
+		// concurrent transactions on one task queue up instead of deadlocking.
+		if _, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: m.TaskUUID, ForUpdate: true}); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}
 		if err := tx.QueueDelete(ctx, store.QueueDeleteParams{ID: m.ID, Token: m.LeaseToken, ExpiredBefore: now}); err != nil {
 			if errors.Is(err, store.ErrLeaseLost) {
 				return nil // renewed by a heartbeat, or completed, meanwhile

@@ -23,6 +23,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/tasker-go/tasker/internal/chanmon"
 	"github.com/tasker-go/tasker/state"
 	"github.com/tasker-go/tasker/store"
 	"github.com/tasker-go/tasker/template"
@@ -70,6 +71,8 @@ type Config struct {
 	ResultBatch int
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// Monitors, if set, receives the orchestrator's channel monitors.
+	Monitors *chanmon.Registry
 }
 
 func (c *Config) setDefaults() {
@@ -110,7 +113,7 @@ type Orchestrator struct {
 	notify    Notifier
 
 	wake   chan struct{}
-	evalCh chan string
+	evalCh *chanmon.Chan[string]
 
 	timerMu sync.Mutex
 	timers  map[string]time.Time
@@ -123,12 +126,16 @@ type Orchestrator struct {
 // New returns an orchestrator over d.
 func New(d store.Driver, templates *Templates, notify Notifier, cfg Config) *Orchestrator {
 	cfg.setDefaults()
-	return &Orchestrator{
+	o := &Orchestrator{
 		d: d, templates: templates, cfg: cfg, log: cfg.Logger, notify: notify,
 		wake:   make(chan struct{}, 1),
-		evalCh: make(chan string, 1024),
+		evalCh: chanmon.New[string]("orchestrator.evaluate", 1024),
 		timers: map[string]time.Time{},
 	}
+	if cfg.Monitors != nil {
+		_ = o.cfg.Monitors.Register(o.evalCh)
+	}
+	return o
 }
 
 // Templates returns the template cache.
@@ -184,10 +191,9 @@ func (o *Orchestrator) scheduleEvaluation(taskUUID string, at time.Time) {
 			delete(o.timers, taskUUID)
 		}
 		o.timerMu.Unlock()
-		select {
-		case o.evalCh <- taskUUID:
-		default: // full: the periodic sweep finds the due retry
-		}
+		// When full, the drop is counted and the periodic sweep finds the
+		// due retry.
+		o.evalCh.TrySend(taskUUID)
 	})
 }
 
@@ -298,7 +304,7 @@ func normaliseContext(t *template.Template, raw json.RawMessage) (json.RawMessag
 // overrides the template's strategy.
 func identityHash(t *template.Template, taskCtx json.RawMessage, key string) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00", t.Namespace, t.Name)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", t.Namespace, t.Name, t.Version)
 	switch {
 	case key != "":
 		fmt.Fprintf(h, "key\x00%s", key)
@@ -481,6 +487,19 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 		if def, ok := t.Step(s.Name); ok {
 			retry = def.Retry
 		}
+		if info.Type == store.ErrorTypeWorkerStopping {
+			// The attempt was cut short by a shutdown, not by the handler:
+			// it is given back and the step runs again at once, whatever
+			// its retry policy or attempts used.
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
+				SetNextRetryAt: true, NextRetryAt: &now, DecrementAttempts: true,
+				Metadata: mustJSON(map[string]any{"reason": "released by worker shutdown; attempt not counted"})}); err != nil {
+				return err
+			}
+			s.State, s.NextRetryAt, s.Attempts = string(state.StepWaitingForRetry), &now, max(s.Attempts-1, 0)
+			return nil
+		}
 		if info.Retryable && s.Retryable && s.Attempts < s.MaxAttempts {
 			delay := Backoff(retry, s.Attempts, o.cfg.JitterFraction, rand.Float64())
 			if ra := time.Duration(info.RetryAfterMS) * time.Millisecond; ra > delay {
@@ -566,24 +585,34 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 	var claimed []store.ClaimedStep
 	now := o.cfg.Now()
 	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		// Lock the tasks first, in a fixed order, as every orchestration
+		// transaction does, so that concurrent transactions on the same
+		// tasks wait for each other instead of deadlocking.
+		tasks := map[string]bool{}
+		for _, c := range completions {
+			tasks[c.TaskUUID] = true
+		}
+		for _, id := range sortedKeys(tasks) {
+			if _, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: id, ForUpdate: true}); err != nil {
+				return err
+			}
+		}
 		var err error
 		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: completions, Now: now})
 		if err != nil {
 			return err
 		}
 		byTask := map[string]map[string]bool{}
-		var order []string
 		for i, c := range completions {
 			if refused[i] != nil {
 				continue
 			}
 			if byTask[c.TaskUUID] == nil {
 				byTask[c.TaskUUID] = map[string]bool{}
-				order = append(order, c.TaskUUID)
 			}
 			byTask[c.TaskUUID][c.StepUUID] = true
 		}
-		for _, id := range order {
+		for _, id := range sortedKeys(byTask) {
 			if err := o.processTask(ctx, tx, id, byTask[id], now, eff); err != nil {
 				return err
 			}

@@ -144,6 +144,17 @@ func (c *Templates) Get(ctx context.Context, namespace, name, version string) (*
 	return t, nil
 }
 
+// Loaded returns the templates in the cache.
+func (c *Templates) Loaded() []*template.Template {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*template.Template, 0, len(c.m))
+	for _, t := range c.m {
+		out = append(out, t)
+	}
+	return out
+}
+
 // compareVersions orders MAJOR.MINOR.PATCH[-pre] versions; a prerelease
 // sorts before its release.
 func compareVersions(a, b string) int {

@@ -110,6 +110,10 @@ type Config struct {
 	// CompleteAndClaim, if set, is used instead of the Completer so that a
 	// batch of results and the claim of follow-on steps share a transaction.
 	CompleteAndClaim ClaimingCompleter
+	// Fallback, if set, records a result that the Completer keeps failing
+	// to process (not for unavailability) without processing it, so that
+	// it reaches the orchestrators' result queue.
+	Fallback Completer
 }
 
 func (c *Config) setDefaults() {
@@ -261,8 +265,10 @@ func (w *Worker) Start(ctx context.Context) error {
 		return nil
 	}
 	w.started = true
+	// Only Stop ends the pipeline: ctx may be a start-up context that ends
+	// long before the worker should.
 	base, baseCancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	claimCtx, claimCancel := context.WithCancelCause(ctx)
+	claimCtx, claimCancel := context.WithCancelCause(base)
 	w.baseCancel, w.claimCancel = baseCancel, claimCancel
 	w.hCtx, w.hCancel = context.WithCancelCause(base)
 	w.claimDone, w.dispDone = make(chan struct{}), make(chan struct{})
@@ -448,10 +454,21 @@ func (w *Worker) runDispatcher() {
 // channel, then to the callback.
 func (w *Worker) execute(c *store.ClaimedStep) {
 	defer w.handlers.Done()
-	res := w.runHandler(c) // releases the permit before returning
+	// The step stops counting against claim capacity once its result is in
+	// the completion channel AND its handler gave back its permit. The two
+	// usually happen in that order, but a handler that ignores a timeout
+	// keeps its permit after its result was sent.
+	var left atomic.Int32
+	left.Store(2)
+	settle := func() {
+		if left.Add(-1) == 0 {
+			w.inFlight.Add(-1)
+			w.Wake()
+		}
+	}
+	res := w.runHandler(c, settle) // normally releases the permit before returning
 	sent := w.completion.Send(w.hCtxForSend(), res)
-	w.inFlight.Add(-1)
-	w.Wake()
+	settle()
 	if sent != nil {
 		// The channel closed (shutdown past budget): the result is not
 		// written, so no event may be published; the lease returns the step.
@@ -482,9 +499,14 @@ func (w *Worker) runCallback(res *Result) {
 // be dropped; only closing the channel refuses it.
 func (w *Worker) hCtxForSend() context.Context { return context.WithoutCancel(w.hCtx) }
 
-func (w *Worker) runHandler(c *store.ClaimedStep) *Result {
+// runHandler runs the step's handler and returns its result; released is
+// called when the handler's permit is given back.
+func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 	res := &Result{Step: *c, Started: time.Now()}
-	release := func() { <-w.sem }
+	release := func() {
+		<-w.sem
+		released()
+	}
 	fail := func(info *store.StepErrorInfo) *Result {
 		info.Attempt = c.Attempt
 		res.Error, res.Finished = info, time.Now()
@@ -615,29 +637,7 @@ func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
 			comps[i].Error, _ = json.Marshal(r.Error)
 		}
 	}
-	delay := 10 * time.Millisecond
-	for {
-		refused, err := w.writeBatch(ctx, comps)
-		if err == nil {
-			for i, rerr := range refused {
-				if rerr != nil {
-					w.log.Warn("step result refused", "task_uuid", comps[i].TaskUUID, "step_uuid", comps[i].StepUUID,
-						"attempt", comps[i].Attempt, "error", rerr)
-				}
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			w.log.Error("results not written before shutdown; steps return via lease expiry", "count", len(comps), "error", err)
-			break
-		}
-		w.log.Error("write step results; retrying", "count", len(comps), "error", err, "retry_in", delay)
-		select {
-		case <-ctx.Done():
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 2*time.Second)
-	}
+	w.writeWithRetry(ctx, comps, w.writeBatch)
 	w.leaseMu.Lock()
 	for _, c := range comps {
 		delete(w.leases, c.MessageID)
@@ -735,4 +735,57 @@ func truncate(b []byte, n int) string {
 		return string(b)
 	}
 	return string(b[:n]) + "\n…(truncated)"
+}
+
+// writeWithRetry writes a batch of results with write. While the database
+// is unavailable it retries with backoff, so a result that reached the
+// completion channel is not dropped. Any other failure is specific to some
+// result (say, a task whose template no longer parses), so the batch is
+// split and each result written alone; a single result that still fails is
+// handed to Config.Fallback (record it without processing, for the
+// orchestrators' result queue), so one bad task never holds up the others.
+// If even that fails, the result is given up to lease expiry and rescue.
+func (w *Worker) writeWithRetry(ctx context.Context, comps []store.StepCompletion, write Completer) {
+	delay := 10 * time.Millisecond
+	usedFallback := false
+	for {
+		refused, err := write(ctx, comps)
+		if err == nil {
+			for i, rerr := range refused {
+				if rerr != nil {
+					w.log.Warn("step result refused", "task_uuid", comps[i].TaskUUID, "step_uuid", comps[i].StepUUID,
+						"attempt", comps[i].Attempt, "error", rerr)
+				}
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			w.log.Error("results not written before shutdown; steps return via lease expiry", "count", len(comps), "error", err)
+			return
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			switch {
+			case len(comps) > 1:
+				for i := range comps {
+					w.writeWithRetry(ctx, comps[i:i+1], w.complete)
+				}
+				return
+			case w.cfg.Fallback != nil && !usedFallback:
+				w.log.Error("process step result; handing it to the result queue", "task_uuid", comps[0].TaskUUID,
+					"step_uuid", comps[0].StepUUID, "error", err)
+				write, usedFallback = w.cfg.Fallback, true
+				continue
+			default:
+				w.log.Error("step result cannot be written; the step returns via lease expiry", "task_uuid",
+					comps[0].TaskUUID, "step_uuid", comps[0].StepUUID, "error", err)
+				return
+			}
+		}
+		w.log.Error("write step results; retrying", "count", len(comps), "error", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
 }

@@ -454,6 +454,8 @@ func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionPar
 	}
 	if p.ResetAttempts {
 		set = append(set, "attempts = 0")
+	} else if p.DecrementAttempts {
+		set = append(set, "attempts = MAX(attempts - 1, 0)")
 	}
 	args = append(args, p.UUID, p.From)
 	res, err := e.exec(ctx, `UPDATE tasker_steps SET `+strings.Join(set, ", ")+` WHERE step_uuid = ? AND state = ?`, args...)

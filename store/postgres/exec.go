@@ -1,0 +1,823 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+// querier is what a pool and a transaction have in common.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// executor implements store.Executor over the read-only pool or a
+// transaction. pgx prepares and caches every statement per connection.
+type executor struct {
+	q    querier
+	inTx bool
+}
+
+func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
+	tag, err := e.q.Exec(ctx, q, args...)
+	return tag, mapErr(err)
+}
+
+func (e *executor) query(ctx context.Context, q string, args ...any) (pgx.Rows, error) {
+	rows, err := e.q.Query(ctx, q, args...)
+	return rows, mapErr(err)
+}
+
+func (e *executor) queryRow(ctx context.Context, q string, args ...any) pgx.Row {
+	return e.q.QueryRow(ctx, q, args...)
+}
+
+// collect reads every row of a query with scan and maps errors.
+func collect[T any](rows pgx.Rows, err error, scan func(pgx.Rows) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		out = append(out, v)
+	}
+	return out, mapErr(rows.Err())
+}
+
+// Times are stored as timestamptz (microseconds) and returned in UTC.
+func orNow(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Now()
+	}
+	return t
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// jsonArg passes JSON to a jsonb parameter; empty means SQL NULL.
+func jsonArg(b json.RawMessage) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return string(b)
+}
+
+// jsonText is an element of a text[] parameter that is cast to jsonb; nil
+// means SQL NULL.
+func jsonText(b json.RawMessage) *string {
+	if len(b) == 0 {
+		return nil
+	}
+	s := string(b)
+	return &s
+}
+
+func rawOrNil(b []byte) json.RawMessage {
+	if b == nil {
+		return nil
+	}
+	return json.RawMessage(b)
+}
+
+func isTerminal(state string) bool {
+	return state == "complete" || state == "error" || state == "cancelled" || state == "resolved_manually"
+}
+
+// args numbers query parameters as they are added.
+type args []any
+
+func (a *args) add(v any) string {
+	*a = append(*a, v)
+	return "$" + strconv.Itoa(len(*a))
+}
+
+// --- templates ---
+
+func (e *executor) TemplateUpsert(ctx context.Context, p store.TemplateUpsertParams) (bool, error) {
+	tag, err := e.exec(ctx, `INSERT INTO tasker_templates (namespace, name, version, content_hash, source, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (namespace, name, version) DO NOTHING`,
+		p.Namespace, p.Name, p.Version, p.ContentHash, p.Source, orNow(p.Now))
+	if err != nil {
+		return false, fmt.Errorf("insert template %s/%s/%s: %w", p.Namespace, p.Name, p.Version, err)
+	}
+	if tag.RowsAffected() == 1 {
+		return true, nil
+	}
+	// A separate statement, so that it sees a version committed by a
+	// concurrent registration that the insert waited for.
+	var hash string
+	if err := e.queryRow(ctx, `SELECT content_hash FROM tasker_templates WHERE namespace = $1 AND name = $2 AND version = $3`,
+		p.Namespace, p.Name, p.Version).Scan(&hash); err != nil {
+		return false, fmt.Errorf("read template %s/%s/%s: %w", p.Namespace, p.Name, p.Version, mapErr(err))
+	}
+	if hash != p.ContentHash {
+		return false, fmt.Errorf("%s/%s/%s: %w", p.Namespace, p.Name, p.Version, store.ErrTemplateConflict)
+	}
+	return false, nil
+}
+
+const templateCols = `namespace, name, version, content_hash, source, created_at`
+
+func scanTemplate(row pgx.Row) (store.TemplateRow, error) {
+	var r store.TemplateRow
+	err := row.Scan(&r.Namespace, &r.Name, &r.Version, &r.ContentHash, &r.Source, &r.CreatedAt)
+	r.CreatedAt = r.CreatedAt.UTC()
+	return r, err
+}
+
+func (e *executor) TemplateGet(ctx context.Context, p store.TemplateGetParams) (*store.TemplateRow, error) {
+	r, err := scanTemplate(e.queryRow(ctx, `SELECT `+templateCols+` FROM tasker_templates
+		WHERE namespace = $1 AND name = $2 AND version = $3`, p.Namespace, p.Name, p.Version))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("template %s/%s/%s: %w", p.Namespace, p.Name, p.Version, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read template %s/%s/%s: %w", p.Namespace, p.Name, p.Version, mapErr(err))
+	}
+	return &r, nil
+}
+
+func (e *executor) TemplateList(ctx context.Context, p store.TemplateListParams) ([]store.TemplateRow, error) {
+	var a args
+	q := `SELECT ` + templateCols + ` FROM tasker_templates WHERE true`
+	if p.Namespace != "" {
+		q += ` AND namespace = ` + a.add(p.Namespace)
+	}
+	if p.Name != "" {
+		q += ` AND name = ` + a.add(p.Name)
+	}
+	q += ` ORDER BY namespace, name, created_at`
+	rows, err := e.query(ctx, q, a...)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.TemplateRow, error) { return scanTemplate(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list templates: %w", err)
+	}
+	return out, nil
+}
+
+// --- tasks ---
+
+const taskCols = `task_uuid, namespace, name, version, state, context, COALESCE(identity_hash, ''), initiator,
+	source_system, reason, tags, priority, created_at, updated_at, completed_at`
+
+func scanTask(row pgx.Row) (store.TaskRow, error) {
+	var r store.TaskRow
+	var ctxJSON []byte
+	if err := row.Scan(&r.UUID, &r.Namespace, &r.Name, &r.Version, &r.State, &ctxJSON, &r.IdentityHash, &r.Initiator,
+		&r.SourceSystem, &r.Reason, &r.Tags, &r.Priority, &r.CreatedAt, &r.UpdatedAt, &r.CompletedAt); err != nil {
+		return r, err
+	}
+	r.Context = json.RawMessage(ctxJSON)
+	if len(r.Tags) == 0 {
+		r.Tags = nil
+	}
+	r.CreatedAt, r.UpdatedAt, r.CompletedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC(), utcPtr(r.CompletedAt)
+	return r, nil
+}
+
+func (e *executor) TaskInsert(ctx context.Context, p store.TaskInsertParams) error {
+	now := orNow(p.Now)
+	var identity any
+	if p.IdentityHash != "" {
+		identity = p.IdentityHash
+	}
+	tags := p.Tags
+	if tags == nil {
+		tags = []string{}
+	}
+	// ON CONFLICT instead of a unique violation keeps the transaction
+	// usable after a duplicate, as it is on SQLite. A conflicting insert
+	// that is not committed yet is waited for.
+	tag, err := e.exec(ctx, `INSERT INTO tasker_tasks (task_uuid, namespace, name, version, state, context, identity_hash,
+		initiator, source_system, reason, tags, priority, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
+		ON CONFLICT (identity_hash) DO NOTHING`,
+		p.UUID, p.Namespace, p.Name, p.Version, p.State, jsonArg(p.Context), identity,
+		p.Initiator, p.SourceSystem, p.Reason, tags, p.Priority, now)
+	if err != nil {
+		return fmt.Errorf("insert task %s: %w", p.UUID, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("insert task: %w", store.ErrDuplicateIdentity)
+	}
+	return nil
+}
+
+func (e *executor) TaskGet(ctx context.Context, p store.TaskGetParams) (*store.TaskRow, error) {
+	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE task_uuid = $1`
+	if p.ForUpdate && e.inTx {
+		q += ` FOR UPDATE`
+	}
+	r, err := scanTask(e.queryRow(ctx, q, p.UUID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("task %s: %w", p.UUID, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read task %s: %w", p.UUID, mapErr(err))
+	}
+	return &r, nil
+}
+
+func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]store.TaskRow, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	var a args
+	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE true`
+	if p.Namespace != "" {
+		q += ` AND namespace = ` + a.add(p.Namespace)
+	}
+	if p.Name != "" {
+		q += ` AND name = ` + a.add(p.Name)
+	}
+	if len(p.States) > 0 {
+		q += ` AND state = ANY(` + a.add(p.States) + `)`
+	}
+	q += ` ORDER BY created_at DESC, task_uuid LIMIT ` + a.add(limit)
+	rows, err := e.query(ctx, q, a...)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.TaskRow, error) { return scanTask(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
+	now := orNow(p.Now)
+	var completed *time.Time
+	if isTerminal(p.To) {
+		completed = &now
+	}
+	tag, err := e.exec(ctx, `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
+		WHERE task_uuid = $4 AND state = $5`, p.To, now, completed, p.UUID, p.From)
+	if err != nil {
+		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, err)
+	}
+	if tag.RowsAffected() != 1 {
+		if _, err := e.TaskGet(ctx, store.TaskGetParams{UUID: p.UUID}); err != nil {
+			return err
+		}
+		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, store.ErrStateConflict)
+	}
+	// A statement of its own: it sees every history row committed before
+	// this transaction locked the task, and no writer can add one until it
+	// ends.
+	_, err = e.exec(ctx, `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		VALUES ($1, $2, $3, $4, $5,
+			(SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = $1), $6)`,
+		p.UUID, p.From, p.To, p.Event, jsonArg(p.Metadata), now)
+	if err != nil {
+		return fmt.Errorf("task %s history: %w", p.UUID, err)
+	}
+	return nil
+}
+
+func (e *executor) TaskTransitions(ctx context.Context, p store.TaskTransitionsParams) ([]store.TransitionRow, error) {
+	return e.transitions(ctx, `SELECT task_uuid, from_state, to_state, event, metadata, sort_key, created_at
+		FROM tasker_task_transitions WHERE task_uuid = $1 ORDER BY sort_key`, p.UUID)
+}
+
+func (e *executor) transitions(ctx context.Context, q, id string) ([]store.TransitionRow, error) {
+	rows, err := e.query(ctx, q, id)
+	out, err := collect(rows, err, func(rows pgx.Rows) (store.TransitionRow, error) {
+		var r store.TransitionRow
+		var md []byte
+		err := rows.Scan(&r.EntityUUID, &r.From, &r.To, &r.Event, &md, &r.SortKey, &r.CreatedAt)
+		r.Metadata, r.CreatedAt = rawOrNil(md), r.CreatedAt.UTC()
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read history of %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// --- steps ---
+
+func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) error {
+	now := orNow(p.Now)
+	n := len(p.Steps)
+	ids, names, callables := make([]string, n), make([]string, n), make([]string, n)
+	positions, maxAttempts := make([]int64, n), make([]int64, n)
+	retryable := make([]bool, n)
+	for i, s := range p.Steps {
+		ids[i], names[i], callables[i] = s.UUID, s.Name, s.Callable
+		positions[i], maxAttempts[i], retryable[i] = int64(s.Position), int64(s.MaxAttempts), s.Retryable
+	}
+	if n > 0 {
+		if _, err := e.exec(ctx, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,
+				max_attempts, retryable, created_at, updated_at)
+			SELECT s.step_uuid, $1, s.name, $2, s.position, s.callable, 'pending', s.max_attempts, s.retryable, $3, $3
+			FROM unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::int[], $9::bool[])
+				AS s(step_uuid, name, position, callable, max_attempts, retryable)`,
+			p.TaskUUID, p.Namespace, now, ids, names, positions, callables, maxAttempts, retryable); err != nil {
+			return fmt.Errorf("insert steps of task %s: %w", p.TaskUUID, err)
+		}
+	}
+	if len(p.Edges) > 0 {
+		from, to := make([]string, len(p.Edges)), make([]string, len(p.Edges))
+		for i, ed := range p.Edges {
+			from[i], to[i] = ed.From, ed.To
+		}
+		if _, err := e.exec(ctx, `INSERT INTO tasker_step_edges (task_uuid, from_step_uuid, to_step_uuid)
+			SELECT $1, e.from_step, e.to_step FROM unnest($2::text[], $3::text[]) AS e(from_step, to_step)`,
+			p.TaskUUID, from, to); err != nil {
+			return fmt.Errorf("insert edges of task %s: %w", p.TaskUUID, err)
+		}
+	}
+	return nil
+}
+
+const stepCols = `s.step_uuid, s.task_uuid, s.name, s.namespace, s.position, s.callable, s.state, s.attempts, s.max_attempts,
+	s.retryable, s.result, s.error, s.next_retry_at, s.last_attempted_at, s.created_at, s.updated_at, s.completed_at,
+	ARRAY(SELECT from_step_uuid FROM tasker_step_edges WHERE to_step_uuid = s.step_uuid ORDER BY from_step_uuid)`
+
+func scanStep(row pgx.Row) (store.StepRow, error) {
+	var r store.StepRow
+	var result, errJSON []byte
+	if err := row.Scan(&r.UUID, &r.TaskUUID, &r.Name, &r.Namespace, &r.Position, &r.Callable, &r.State, &r.Attempts,
+		&r.MaxAttempts, &r.Retryable, &result, &errJSON, &r.NextRetryAt, &r.LastAttemptedAt, &r.CreatedAt, &r.UpdatedAt,
+		&r.CompletedAt, &r.Parents); err != nil {
+		return r, err
+	}
+	r.Result, r.Error = rawOrNil(result), rawOrNil(errJSON)
+	r.NextRetryAt, r.LastAttemptedAt, r.CompletedAt = utcPtr(r.NextRetryAt), utcPtr(r.LastAttemptedAt), utcPtr(r.CompletedAt)
+	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
+	if len(r.Parents) == 0 {
+		r.Parents = nil
+	}
+	return r, nil
+}
+
+func (e *executor) StepGet(ctx context.Context, p store.StepGetParams) (*store.StepRow, error) {
+	r, err := scanStep(e.queryRow(ctx, `SELECT `+stepCols+` FROM tasker_steps s WHERE s.step_uuid = $1`, p.UUID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("step %s: %w", p.UUID, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read step %s: %w", p.UUID, mapErr(err))
+	}
+	return &r, nil
+}
+
+func (e *executor) StepsForTask(ctx context.Context, p store.StepsForTaskParams) ([]store.StepRow, error) {
+	rows, err := e.query(ctx, `SELECT `+stepCols+` FROM tasker_steps s WHERE s.task_uuid = $1 ORDER BY s.position`, p.TaskUUID)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.StepRow, error) { return scanStep(r) })
+	if err != nil {
+		return nil, fmt.Errorf("read steps of task %s: %w", p.TaskUUID, err)
+	}
+	return out, nil
+}
+
+func (e *executor) StepResults(ctx context.Context, p store.StepResultsParams) (map[string]json.RawMessage, error) {
+	out := map[string]json.RawMessage{}
+	if len(p.Names) == 0 {
+		return out, nil
+	}
+	rows, err := e.query(ctx, `SELECT name, result FROM tasker_steps
+		WHERE task_uuid = $1 AND result IS NOT NULL AND name = ANY($2)`, p.TaskUUID, p.Names)
+	type named struct {
+		name   string
+		result []byte
+	}
+	results, err := collect(rows, err, func(r pgx.Rows) (named, error) {
+		var n named
+		err := r.Scan(&n.name, &n.result)
+		return n, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read results of task %s: %w", p.TaskUUID, err)
+	}
+	for _, n := range results {
+		out[n.name] = json.RawMessage(n.result)
+	}
+	return out, nil
+}
+
+func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionParams) error {
+	now := orNow(p.Now)
+	var a args
+	set := []string{"state = " + a.add(p.To), "updated_at = " + a.add(now)}
+	if isTerminal(p.To) {
+		set = append(set, "completed_at = "+a.add(now))
+	} else {
+		set = append(set, "completed_at = NULL")
+	}
+	if p.SetResult {
+		set = append(set, "result = "+a.add(jsonArg(p.Result))+"::jsonb")
+	}
+	if p.SetError {
+		set = append(set, "error = "+a.add(jsonArg(p.Error))+"::jsonb")
+	}
+	if p.SetNextRetryAt {
+		set = append(set, "next_retry_at = "+a.add(p.NextRetryAt))
+	}
+	if p.ResetAttempts {
+		set = append(set, "attempts = 0")
+	} else if p.DecrementAttempts {
+		set = append(set, "attempts = GREATEST(attempts - 1, 0)")
+	}
+	q := `UPDATE tasker_steps SET ` + strings.Join(set, ", ") + ` WHERE step_uuid = ` + a.add(p.UUID) + ` AND state = ` + a.add(p.From)
+	tag, err := e.exec(ctx, q, a...)
+	if err != nil {
+		return fmt.Errorf("step %s %s→%s: %w", p.UUID, p.From, p.To, err)
+	}
+	if tag.RowsAffected() != 1 {
+		if _, err := e.StepGet(ctx, store.StepGetParams{UUID: p.UUID}); err != nil {
+			return err
+		}
+		return fmt.Errorf("step %s %s→%s: %w", p.UUID, p.From, p.To, store.ErrStateConflict)
+	}
+	return e.stepHistory(ctx, now, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata})
+}
+
+// stepHistoryRow is one step transition to record.
+type stepHistoryRow struct {
+	step, from, to, event string
+	metadata              json.RawMessage
+}
+
+// stepHistory records transitions of distinct steps. It must run as a
+// statement of its own after the steps' rows were updated in the same
+// transaction: then it sees every history row committed before the row
+// locks were taken, and no other writer can add one until the transaction
+// ends, so MAX+1 is the next sort key.
+func (e *executor) stepHistory(ctx context.Context, now time.Time, hs ...stepHistoryRow) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	steps, from, to, events := make([]string, len(hs)), make([]string, len(hs)), make([]string, len(hs)), make([]string, len(hs))
+	md := make([]*string, len(hs))
+	for i, h := range hs {
+		steps[i], from[i], to[i], events[i], md[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata)
+	}
+	_, err := e.exec(ctx, `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
+			(SELECT COALESCE(MAX(t.sort_key), 0) + 1 FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid), $1
+		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS h(step_uuid, from_state, to_state, event, metadata)`,
+		now, steps, from, to, events, md)
+	if err != nil {
+		if len(hs) == 1 {
+			return fmt.Errorf("step %s history: %w", hs[0].step, err)
+		}
+		return fmt.Errorf("history of %d steps: %w", len(hs), err)
+	}
+	return nil
+}
+
+func (e *executor) StepTransitions(ctx context.Context, p store.StepTransitionsParams) ([]store.TransitionRow, error) {
+	return e.transitions(ctx, `SELECT step_uuid, from_state, to_state, event, metadata, sort_key, created_at
+		FROM tasker_step_transitions WHERE step_uuid = $1 ORDER BY sort_key`, p.UUID)
+}
+
+func (e *executor) StepsDueForRetry(ctx context.Context, p store.StepsDueForRetryParams) ([]string, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := e.query(ctx, `SELECT DISTINCT task_uuid FROM tasker_steps
+		WHERE state = 'waiting_for_retry' AND (next_retry_at IS NULL OR next_retry_at <= $1) LIMIT $2`, orNow(p.Now), limit)
+	out, err := collect(rows, err, func(r pgx.Rows) (string, error) {
+		var id string
+		err := r.Scan(&id)
+		return id, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find retries due: %w", err)
+	}
+	return out, nil
+}
+
+// --- queues ---
+
+func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error {
+	if len(p.Messages) == 0 {
+		return nil
+	}
+	now := orNow(p.Now)
+	n := len(p.Messages)
+	queues, tasks, steps := make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([]*string, n)
+	priorities := make([]int64, n)
+	visible := make([]time.Time, n)
+	for i, m := range p.Messages {
+		queues[i], tasks[i], steps[i], payloads[i], priorities[i] = m.Queue, m.TaskUUID, m.StepUUID, jsonText(m.Payload), int64(m.Priority)
+		visible[i] = now
+		if !m.VisibleAt.IsZero() {
+			visible[i] = m.VisibleAt
+		}
+	}
+	// ORDER BY ord: IDs follow the order of Messages, which claims use to
+	// break priority ties.
+	if _, err := e.exec(ctx, `INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
+		SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, $1
+		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
+			WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, ord)
+		ORDER BY m.ord`, now, queues, tasks, steps, payloads, priorities, visible); err != nil {
+		return fmt.Errorf("send to queue %s: %w", p.Messages[0].Queue, err)
+	}
+	return nil
+}
+
+const msgCols = `id, queue, task_uuid, step_uuid, payload, COALESCE(lease_token, ''), COALESCE(lease_owner, ''), read_count,
+	enqueued_at, lease_expires_at`
+
+func scanMsg(row pgx.Row, extra ...any) (store.QueueMessage, error) {
+	var m store.QueueMessage
+	var payload []byte
+	err := row.Scan(append([]any{&m.ID, &m.Queue, &m.TaskUUID, &m.StepUUID, &payload, &m.LeaseToken, &m.LeaseOwner,
+		&m.ReadCount, &m.EnqueuedAt, &m.LeaseUntil}, extra...)...)
+	m.Payload, m.EnqueuedAt, m.LeaseUntil = rawOrNil(payload), m.EnqueuedAt.UTC(), utcPtr(m.LeaseUntil)
+	return m, err
+}
+
+// newToken is the SQL for a fresh lease token: 32 random hex digits.
+const newToken = `replace(gen_random_uuid()::text, '-', '')`
+
+func (e *executor) QueueClaim(ctx context.Context, p store.QueueClaimParams) ([]store.QueueMessage, error) {
+	if len(p.Queues) == 0 || p.Limit <= 0 {
+		return nil, nil
+	}
+	now := orNow(p.Now)
+	cond := `lease_token IS NULL`
+	if p.IncludeExpired {
+		cond = `(lease_token IS NULL OR lease_expires_at < $2)`
+	}
+	// SKIP LOCKED: a message another consumer is taking right now is left
+	// to it. A message leased (and committed) since this statement's
+	// snapshot is re-checked against the condition and dropped.
+	rows, err := e.query(ctx, `WITH picked AS (
+			SELECT id FROM tasker_queue
+			WHERE queue = ANY($1) AND visible_at <= $2 AND `+cond+`
+			ORDER BY priority DESC, id LIMIT $3
+			FOR UPDATE SKIP LOCKED
+		), leased AS (
+			UPDATE tasker_queue q SET lease_token = `+newToken+`, lease_owner = $4, lease_expires_at = $5,
+				read_count = q.read_count + 1
+			FROM picked WHERE q.id = picked.id
+			RETURNING q.*
+		)
+		SELECT `+msgCols+` FROM leased ORDER BY priority DESC, id`,
+		p.Queues, now, p.Limit, p.Owner, now.Add(p.Lease))
+	out, err := collect(rows, err, func(r pgx.Rows) (store.QueueMessage, error) { return scanMsg(r) })
+	if err != nil {
+		return nil, fmt.Errorf("claim from %v: %w", p.Queues, err)
+	}
+	return out, nil
+}
+
+func (e *executor) QueueExtend(ctx context.Context, p store.QueueExtendParams) error {
+	tag, err := e.exec(ctx, `UPDATE tasker_queue SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3`,
+		orNow(p.Now).Add(p.Lease), p.ID, p.Token)
+	if err != nil {
+		return fmt.Errorf("extend lease of message %d: %w", p.ID, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("extend lease of message %d: %w", p.ID, store.ErrLeaseLost)
+	}
+	return nil
+}
+
+func (e *executor) QueueDelete(ctx context.Context, p store.QueueDeleteParams) error {
+	if p.Token == "" {
+		if _, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE id = $1`, p.ID); err != nil {
+			return fmt.Errorf("delete message %d: %w", p.ID, err)
+		}
+		return nil
+	}
+	var tag pgconn.CommandTag
+	var err error
+	if p.ExpiredBefore.IsZero() {
+		tag, err = e.exec(ctx, `DELETE FROM tasker_queue WHERE id = $1 AND lease_token = $2`, p.ID, p.Token)
+	} else {
+		// Re-checked on the newest row version: a lease renewed by a
+		// concurrent QueueExtend is not taken.
+		tag, err = e.exec(ctx, `DELETE FROM tasker_queue WHERE id = $1 AND lease_token = $2 AND lease_expires_at < $3`,
+			p.ID, p.Token, p.ExpiredBefore)
+	}
+	if err != nil {
+		return fmt.Errorf("delete message %d: %w", p.ID, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("delete message %d: %w", p.ID, store.ErrLeaseLost)
+	}
+	return nil
+}
+
+func (e *executor) QueueDeleteForSteps(ctx context.Context, p store.QueueDeleteForStepsParams) (int, error) {
+	if len(p.StepUUIDs) == 0 {
+		return 0, nil
+	}
+	tag, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE step_uuid = ANY($1)`, p.StepUUIDs)
+	if err != nil {
+		return 0, fmt.Errorf("delete messages of steps: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (e *executor) QueueExpired(ctx context.Context, p store.QueueExpiredParams) ([]store.QueueMessage, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	var a args
+	q := `SELECT ` + msgCols + ` FROM tasker_queue WHERE lease_token IS NOT NULL AND lease_expires_at < ` + a.add(orNow(p.Now))
+	if len(p.Queues) > 0 {
+		q += ` AND queue = ANY(` + a.add(p.Queues) + `)`
+	}
+	q += ` ORDER BY lease_expires_at, id LIMIT ` + a.add(limit)
+	rows, err := e.query(ctx, q, a...)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.QueueMessage, error) { return scanMsg(r) })
+	if err != nil {
+		return nil, fmt.Errorf("find expired leases: %w", err)
+	}
+	return out, nil
+}
+
+func (e *executor) QueueDepth(ctx context.Context, p store.QueueDepthParams) ([]store.QueueDepthRow, error) {
+	rows, err := e.query(ctx, `SELECT queue, count(*) FILTER (WHERE lease_token IS NULL),
+		count(*) FILTER (WHERE lease_token IS NOT NULL), min(enqueued_at) FROM tasker_queue GROUP BY queue ORDER BY queue`)
+	out, err := collect(rows, err, func(rows pgx.Rows) (store.QueueDepthRow, error) {
+		var r store.QueueDepthRow
+		err := rows.Scan(&r.Queue, &r.Visible, &r.Leased, &r.OldestEnqueued)
+		r.OldestEnqueued = r.OldestEnqueued.UTC()
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue depth: %w", err)
+	}
+	return out, nil
+}
+
+// --- compound step operations ---
+
+// claimSteps leases messages, moves their steps enqueued → in_progress and
+// drops the messages that stand for no work, in one statement. Several
+// messages for one step (a redelivery) start it once, through the first.
+// A step that left "enqueued" since the snapshot (cancelled, or started
+// through another message by a concurrent claimer) is re-checked on its
+// newest version by the UPDATE and skipped.
+const claimSteps = `WITH picked AS (
+		SELECT id, step_uuid, priority FROM tasker_queue
+		WHERE queue = ANY($1) AND visible_at <= $2 AND lease_token IS NULL
+		ORDER BY priority DESC, id LIMIT $3
+		FOR UPDATE SKIP LOCKED
+	), first AS (
+		SELECT DISTINCT ON (step_uuid) id, step_uuid FROM picked ORDER BY step_uuid, priority DESC, id
+	), moved AS (
+		UPDATE tasker_steps s SET state = 'in_progress', attempts = s.attempts + 1, last_attempted_at = $2, updated_at = $2
+		FROM first f WHERE s.step_uuid = f.step_uuid AND s.state = 'enqueued'
+		RETURNING f.id AS message_id, s.step_uuid, s.task_uuid, s.name, s.namespace, s.callable, s.attempts, s.max_attempts
+	), leased AS (
+		UPDATE tasker_queue q SET lease_token = ` + newToken + `, lease_owner = $4, lease_expires_at = $5,
+			read_count = q.read_count + 1
+		FROM moved WHERE q.id = moved.message_id
+		RETURNING q.*
+	), dropped AS (
+		DELETE FROM tasker_queue WHERE id IN (SELECT id FROM picked) AND id NOT IN (SELECT message_id FROM moved)
+	)
+	SELECT l.id, l.queue, l.task_uuid, l.step_uuid, l.payload, l.lease_token, l.lease_owner, l.read_count,
+		l.enqueued_at, l.lease_expires_at,
+		m.name, m.namespace, m.callable, m.attempts, m.max_attempts, t.name, t.version, t.context
+	FROM leased l JOIN moved m ON m.message_id = l.id JOIN tasker_tasks t ON t.task_uuid = m.task_uuid
+	ORDER BY l.priority DESC, l.id`
+
+func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	if len(p.Queues) == 0 || p.Limit <= 0 {
+		return nil, nil
+	}
+	now := orNow(p.Now)
+	rows, err := e.query(ctx, claimSteps, p.Queues, now, p.Limit, p.Owner, now.Add(p.Lease))
+	out, err := collect(rows, err, func(r pgx.Rows) (store.ClaimedStep, error) {
+		var c store.ClaimedStep
+		var ctxJSON []byte
+		m, err := scanMsg(r, &c.StepName, &c.Namespace, &c.Callable, &c.Attempt, &c.MaxAttempts, &c.TaskName, &c.Version, &ctxJSON)
+		c.Message, c.StepUUID, c.TaskUUID, c.TaskContext = m, m.StepUUID, m.TaskUUID, json.RawMessage(ctxJSON)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim steps from %v: %w", p.Queues, err)
+	}
+	hs := make([]stepHistoryRow, len(out))
+	for i, c := range out {
+		md, err := json.Marshal(struct {
+			Worker  string `json:"worker"`
+			Attempt int    `json:"attempt"`
+		}{p.Owner, c.Attempt})
+		if err != nil {
+			return nil, err
+		}
+		hs[i] = stepHistoryRow{step: c.StepUUID, from: "enqueued", to: "in_progress", event: "start", metadata: md}
+	}
+	if err := e.stepHistory(ctx, now, hs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// completeSteps applies a batch of completions in one statement. A
+// completion applies only if its message lease still matches (the message
+// row is locked, so a concurrent rescuer cannot take it meanwhile) and its
+// step is in_progress on the same attempt; only then is its message
+// deleted. A refused completion leaves the message in place, or its step
+// would be stranded in_progress with nothing to rescue it. Of several
+// completions for one step, the first that holds its lease is applied.
+const completeSteps = `WITH c AS (
+		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::text[], $7::text[])
+			WITH ORDINALITY AS c(message_id, token, step_uuid, attempt, success, result, error, ord)
+	), leased AS (
+		SELECT c.ord FROM c JOIN tasker_queue q ON q.id = c.message_id AND q.lease_token = c.token
+		ORDER BY q.id FOR UPDATE OF q
+	), first AS (
+		SELECT DISTINCT ON (c.step_uuid) c.* FROM c JOIN leased USING (ord) ORDER BY c.step_uuid, c.ord
+	), moved AS (
+		UPDATE tasker_steps s SET
+			state = CASE WHEN f.success THEN 'enqueued_for_orchestration' ELSE 'enqueued_as_error_for_orchestration' END,
+			result = f.result::jsonb, error = COALESCE(f.error::jsonb, s.error), updated_at = $8
+		FROM first f WHERE s.step_uuid = f.step_uuid AND s.state = 'in_progress' AND s.attempts = f.attempt
+		RETURNING f.ord, f.message_id
+	), removed AS (
+		DELETE FROM tasker_queue WHERE id IN (SELECT message_id FROM moved)
+	)
+	SELECT c.ord, l.ord IS NOT NULL, m.ord IS NOT NULL
+	FROM c LEFT JOIN leased l USING (ord) LEFT JOIN moved m USING (ord) ORDER BY c.ord`
+
+func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParams) ([]error, error) {
+	out := make([]error, len(p.Completions))
+	if len(p.Completions) == 0 {
+		return out, nil
+	}
+	now := orNow(p.Now)
+	n := len(p.Completions)
+	ids, tokens, steps := make([]int64, n), make([]string, n), make([]string, n)
+	attempts, success := make([]int64, n), make([]bool, n)
+	results, errs := make([]*string, n), make([]*string, n)
+	for i, c := range p.Completions {
+		ids[i], tokens[i], steps[i], attempts[i], success[i] = c.MessageID, c.LeaseToken, c.StepUUID, int64(c.Attempt), c.Success
+		// A success keeps the previous failure in the error column: it is
+		// the step's last failure, which operators want to see even after a
+		// retry succeeded. A failure clears the result.
+		if c.Success {
+			results[i] = jsonText(c.Result)
+		} else {
+			errs[i] = jsonText(c.Error)
+		}
+	}
+	type outcome struct {
+		ord           int64
+		leased, moved bool
+	}
+	rows, err := e.query(ctx, completeSteps, ids, tokens, steps, attempts, success, results, errs, now)
+	outcomes, err := collect(rows, err, func(r pgx.Rows) (outcome, error) {
+		var o outcome
+		err := r.Scan(&o.ord, &o.leased, &o.moved)
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("complete %d steps: %w", n, err)
+	}
+	var hs []stepHistoryRow
+	for _, o := range outcomes {
+		i := int(o.ord) - 1
+		c := p.Completions[i]
+		switch {
+		case !o.leased:
+			out[i] = fmt.Errorf("complete step %s attempt %d: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
+		case !o.moved:
+			out[i] = fmt.Errorf("complete step %s attempt %d: step is no longer in progress: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
+		default:
+			to, event := "enqueued_for_orchestration", "succeed"
+			if !c.Success {
+				to, event = "enqueued_as_error_for_orchestration", "fail_attempt"
+			}
+			hs = append(hs, stepHistoryRow{step: c.StepUUID, from: "in_progress", to: to, event: event, metadata: c.Metadata})
+		}
+	}
+	if err := e.stepHistory(ctx, now, hs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
