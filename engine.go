@@ -45,6 +45,8 @@ type Engine struct {
 
 	waitMu  sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
+
+	ancestorSets sync.Map // template key + step name -> map[string]bool
 }
 
 // Open connects to the store selected by cfg.DatabaseURL and applies its
@@ -329,25 +331,35 @@ func (e *Engine) resolve(ctx context.Context, c *store.ClaimedStep) (worker.Prep
 	if !ok {
 		return worker.Prepared{}, fmt.Errorf("template %s has no step %q", t.Key(), c.StepName)
 	}
-	ancestors := t.Ancestors(c.StepName)
-	deps, err := e.driver.Reader().StepResults(ctx, store.StepResultsParams{TaskUUID: c.TaskUUID, Names: ancestors})
-	if err != nil {
-		return worker.Prepared{}, err
-	}
-	anc := make(map[string]bool, len(ancestors))
-	for _, a := range ancestors {
-		anc[a] = true
-	}
 	sc := &StepContext{
 		TaskUUID: c.TaskUUID, StepUUID: c.StepUUID, StepName: c.StepName, Namespace: c.Namespace,
 		TaskName: c.TaskName, TaskVersion: c.Version, Attempt: c.Attempt, MaxAttempts: c.MaxAttempts,
 		Method: def.Handler.Method, taskContext: c.TaskContext, handlerConfig: def.Handler.Initialization,
-		deps: deps, ancestors: anc,
+		ancestors: e.ancestors(t, c.StepName), deps: &depCache{reader: e.driver.Reader()},
 	}
 	return worker.Prepared{
-		Handler: func(ctx context.Context) (any, error) { return h.Call(ctx, sc) },
+		Handler: func(ctx context.Context) (any, error) {
+			sc.deps.ctx = ctx
+			return h.Call(ctx, sc)
+		},
 		Timeout: time.Duration(def.TimeoutSeconds) * time.Second,
 	}, nil
+}
+
+// ancestors returns the set of a template step's ancestors, computed once
+// per template version and step.
+func (e *Engine) ancestors(t *template.Template, step string) map[string]bool {
+	key := t.Key() + "\x00" + step
+	if v, ok := e.ancestorSets.Load(key); ok {
+		return v.(map[string]bool)
+	}
+	names := t.Ancestors(step)
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[n] = true
+	}
+	e.ancestorSets.Store(key, set)
+	return set
 }
 
 // CreateTask creates a task from a template and enqueues its ready steps,

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/tasker-go/tasker/internal/worker"
+	"github.com/tasker-go/tasker/store"
 )
 
 // Handler runs one attempt of a step. The returned value is marshalled to
@@ -49,8 +51,54 @@ type StepContext struct {
 
 	taskContext   json.RawMessage
 	handlerConfig json.RawMessage
-	deps          map[string]json.RawMessage
 	ancestors     map[string]bool
+
+	// deps reads ancestors' results on first use: a handler that needs one
+	// parent's result does not pay for every ancestor's.
+	deps *depCache
+}
+
+// depCache holds the ancestor results a handler has read.
+type depCache struct {
+	ctx    context.Context
+	reader store.Executor
+	mu     sync.Mutex
+	m      map[string]json.RawMessage
+}
+
+// get returns the results of the named steps, reading those not read yet.
+func (c *depCache) get(taskUUID, stepName string, names []string) (map[string]json.RawMessage, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var missing []string
+	for _, n := range names {
+		if _, ok := c.m[n]; !ok {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 && c.reader != nil {
+		ctx := c.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		got, err := c.reader.StepResults(ctx, store.StepResultsParams{TaskUUID: taskUUID, Names: missing})
+		if err != nil {
+			return nil, fmt.Errorf("read results of %v for step %q: %w", missing, stepName, err)
+		}
+		if c.m == nil {
+			c.m = make(map[string]json.RawMessage, len(got))
+		}
+		for k, v := range got {
+			c.m[k] = v
+		}
+	}
+	out := make(map[string]json.RawMessage, len(names))
+	for _, n := range names {
+		if v, ok := c.m[n]; ok {
+			out[n] = v
+		}
+	}
+	return out, nil
 }
 
 // ErrNoDependencyResult is returned by DependencyResult for a step that is
@@ -74,7 +122,14 @@ func (s *StepContext) DependencyResult(step string, v any) error {
 	if !s.ancestors[step] {
 		return fmt.Errorf("%w: %q is not an ancestor of step %q", ErrNoDependencyResult, step, s.StepName)
 	}
-	raw, ok := s.deps[step]
+	var got map[string]json.RawMessage
+	if s.deps != nil {
+		var err error
+		if got, err = s.deps.get(s.TaskUUID, s.StepName, []string{step}); err != nil {
+			return err
+		}
+	}
+	raw, ok := got[step]
 	if !ok {
 		return fmt.Errorf("%w: step %q has no stored result", ErrNoDependencyResult, step)
 	}
@@ -84,13 +139,21 @@ func (s *StepContext) DependencyResult(step string, v any) error {
 	return nil
 }
 
-// DependencyResults returns the raw results of all ancestors by step name.
+// DependencyResults returns the raw results of all ancestors by step name
+// (empty if they cannot be read; DependencyResult reports such errors).
 func (s *StepContext) DependencyResults() map[string]json.RawMessage {
-	out := make(map[string]json.RawMessage, len(s.deps))
-	for k, v := range s.deps {
-		out[k] = v
+	if s.deps == nil {
+		return map[string]json.RawMessage{}
 	}
-	return out
+	names := make([]string, 0, len(s.ancestors))
+	for n := range s.ancestors {
+		names = append(names, n)
+	}
+	got, err := s.deps.get(s.TaskUUID, s.StepName, names)
+	if err != nil {
+		return map[string]json.RawMessage{}
+	}
+	return got
 }
 
 // HandlerConfig unmarshals the template's handler.initialization into v. It

@@ -225,8 +225,13 @@ type StepsInsertParams struct {
 type StepGetParams struct{ UUID string }
 
 // StepsForTaskParams lists a task's steps with their parents, ordered by
-// position.
-type StepsForTaskParams struct{ TaskUUID string }
+// position. WithoutPayloads leaves Result and Error nil, for callers that
+// only need states (readiness), so that wide tasks with large results are
+// cheap to evaluate.
+type StepsForTaskParams struct {
+	TaskUUID        string
+	WithoutPayloads bool
+}
 
 // StepResultsParams reads the results of the named steps of a task (steps
 // without a result are absent from the map).

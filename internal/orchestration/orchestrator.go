@@ -548,7 +548,7 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 	if err != nil {
 		return err
 	}
-	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID, WithoutPayloads: true})
 	if err != nil {
 		return err
 	}
@@ -558,6 +558,13 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 	}
 	for i := range steps {
 		if resultSteps[steps[i].UUID] {
+			if steps[i].State == string(state.StepEnqueuedAsErrorForOrchestration) {
+				full, err := tx.StepGet(ctx, store.StepGetParams{UUID: steps[i].UUID})
+				if err != nil {
+					return err
+				}
+				steps[i].Error = full.Error
+			}
 			if err := o.applyResult(ctx, tx, &steps[i], t, now); err != nil {
 				return fmt.Errorf("task %s step %s: %w", taskUUID, steps[i].Name, err)
 			}
@@ -685,7 +692,7 @@ func (o *Orchestrator) CancelTask(ctx context.Context, taskUUID, actor, reason s
 		if cur.Terminal() {
 			return fmt.Errorf("cancel task %s: %w (state %s)", taskUUID, ErrTaskFinished, cur)
 		}
-		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID, WithoutPayloads: true})
 		if err != nil {
 			return err
 		}
@@ -773,7 +780,7 @@ func (o *Orchestrator) ApplyStepAction(ctx context.Context, p StepActionParams) 
 		if st := state.TaskState(task.State); st == state.TaskComplete || st == state.TaskCancelled || st == state.TaskResolvedManually {
 			return fmt.Errorf("%s on step %s: %w (task state %s)", p.Action, p.StepUUID, ErrTaskFinished, st)
 		}
-		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: p.TaskUUID})
+		steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: p.TaskUUID, WithoutPayloads: true})
 		if err != nil {
 			return err
 		}

@@ -350,6 +350,9 @@ func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) e
 const stepCols = `s.step_uuid, s.task_uuid, s.name, s.namespace, s.position, s.callable, s.state, s.attempts, s.max_attempts,
 	s.retryable, s.result, s.error, s.next_retry_at, s.last_attempted_at, s.created_at, s.updated_at, s.completed_at`
 
+// stepColsNoPayload selects NULL in place of the result and error columns.
+var stepColsNoPayload = strings.Replace(stepCols, "s.result, s.error", "NULL, NULL", 1)
+
 func scanStep(sc interface{ Scan(...any) error }, extra ...any) (*store.StepRow, error) {
 	var r store.StepRow
 	var result, errJSON sql.NullString
@@ -389,7 +392,11 @@ func splitList(s sql.NullString) []string {
 }
 
 func (e *executor) StepsForTask(ctx context.Context, p store.StepsForTaskParams) ([]store.StepRow, error) {
-	rows, err := e.query(ctx, `SELECT `+stepCols+`,
+	cols := stepCols
+	if p.WithoutPayloads {
+		cols = stepColsNoPayload
+	}
+	rows, err := e.query(ctx, `SELECT `+cols+`,
 		(SELECT group_concat(from_step_uuid) FROM tasker_step_edges WHERE to_step_uuid = s.step_uuid)
 		FROM tasker_steps s WHERE s.task_uuid = ? ORDER BY s.position`, p.TaskUUID)
 	if err != nil {
