@@ -67,7 +67,7 @@ var (
 // documented defaults, and Open rejects invalid values naming the field.
 type Config struct {
 	// DatabaseURL selects the store: "sqlite:///abs/path.db",
-	// "sqlite://relative.db", or "postgres://…". Empty means the SQLite
+	// "sqlite://relative.db", or "postgres://…" ("postgresql://…"). Empty means the SQLite
 	// file ./tasker.db.
 	DatabaseURL string
 

@@ -329,3 +329,31 @@ func testStepsDueForRetry(s *suite) {
 		s.t.Errorf("StepsDueForRetry with Limit 2 = %q, want 2 distinct tasks", got)
 	}
 }
+
+// testStepTransitionDecrementAttempts checks that an attempt interrupted by a
+// shutdown can be given back, and that attempts never go below zero.
+func testStepTransitionDecrementAttempts(s *suite) {
+	task := s.newTask(store.TaskInsertParams{})
+	id := s.newSteps(task, "ns", "a")[0]
+	s.enqueueSteps(task, "ns", []string{id}, at(time.Second))
+	if c := s.claimSteps("ns", 1, "w1", at(2*time.Second)); len(c) != 1 {
+		s.t.Fatalf("claimed %d steps, want 1", len(c))
+	}
+	move := func(p store.StepTransitionParams) *store.StepRow {
+		s.t.Helper()
+		p.UUID = id
+		s.tx(func(tx store.Tx) error { return tx.StepTransition(s.ctx, p) })
+		return s.step(id)
+	}
+	move(store.StepTransitionParams{From: "in_progress", To: "enqueued_as_error_for_orchestration", Event: "fail_attempt", Now: at(3 * time.Second)})
+	got := move(store.StepTransitionParams{From: "enqueued_as_error_for_orchestration", To: "waiting_for_retry",
+		Event: "schedule_retry", Now: at(4 * time.Second), DecrementAttempts: true})
+	if got.Attempts != 0 {
+		s.t.Errorf("Attempts after DecrementAttempts = %d, want 0", got.Attempts)
+	}
+	got = move(store.StepTransitionParams{From: "waiting_for_retry", To: "enqueued", Event: "enqueue", Now: at(5 * time.Second),
+		DecrementAttempts: true})
+	if got.Attempts != 0 {
+		s.t.Errorf("Attempts after DecrementAttempts at zero = %d, want 0 (never negative)", got.Attempts)
+	}
+}

@@ -61,6 +61,7 @@ var cases = []struct {
 	{"StepResults", testStepResults},
 	{"StepTransition", testStepTransition},
 	{"StepTransitionFields", testStepTransitionFields},
+	{"StepTransitionDecrementAttempts", testStepTransitionDecrementAttempts},
 	{"StepTransitionCompletedAt", testStepTransitionCompletedAt},
 	{"StepsDueForRetry", testStepsDueForRetry},
 
