@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tasker-go/tasker/internal/chanmon"
+	"github.com/tasker-go/tasker/internal/events"
 	"github.com/tasker-go/tasker/internal/orchestration"
 	"github.com/tasker-go/tasker/internal/worker"
 	"github.com/tasker-go/tasker/state"
@@ -33,15 +34,17 @@ type Engine struct {
 	log      *slog.Logger
 	driver   store.Driver
 	orch     *orchestration.Orchestrator
+	events   *events.Service
 	monitors *chanmon.Registry
 	id       string
 
-	mu         sync.Mutex
-	handlers   map[string]Handler
-	namespaces map[string]bool
-	worker     *worker.Worker
-	started    bool
-	closed     bool
+	mu            sync.Mutex
+	handlers      map[string]Handler
+	namespaces    map[string]bool
+	subscriptions map[string]int // Subscribe calls per pattern
+	worker        *worker.Worker
+	started       bool
+	closed        bool
 
 	waitMu  sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
@@ -92,17 +95,24 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, log: cfg.Logger, driver: d, monitors: chanmon.NewRegistry(),
-		id:         uuid.NewString()[:8],
-		handlers:   map[string]Handler{},
-		namespaces: map[string]bool{},
-		waiters:    map[string]map[chan struct{}]struct{}{},
+		id:            uuid.NewString()[:8],
+		handlers:      map[string]Handler{},
+		namespaces:    map[string]bool{},
+		subscriptions: map[string]int{},
+		waiters:       map[string]map[chan struct{}]struct{}{},
 	}
 	for _, ns := range cfg.Namespaces {
 		e.namespaces[ns] = true
 	}
-	e.orch = orchestration.New(d, orchestration.NewTemplates(d), engineNotifier{e}, orchestration.Config{
+	e.events = events.NewService(d, events.NewBuilder(cfg.Logger, cfg.EventPublisherTimeout), events.Config{
+		Logger: cfg.Logger, FastBuffer: cfg.EventFastBuffer, PollInterval: cfg.PollInterval, Retention: cfg.EventRetention,
+		DeliveryTimeout: cfg.EventDeliveryTimeout, Monitors: e.monitors,
+	})
+	templates := orchestration.NewTemplates(d)
+	templates.Check = e.events.CheckTemplate
+	e.orch = orchestration.New(d, templates, engineNotifier{e}, orchestration.Config{
 		Owner: "orchestrator-" + e.id, Logger: cfg.Logger, JitterFraction: cfg.RetryJitter, PollInterval: cfg.PollInterval,
-		Monitors: e.monitors,
+		Monitors: e.monitors, Events: e.events,
 	})
 	return e, nil
 }
@@ -252,7 +262,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		queues = append(queues, store.WorkerQueue(ns))
 	}
 	sort.Strings(queues)
-	w := worker.New(e.driver, e.resolve, e.orch.CompleteSteps, nil, worker.Config{
+	w := worker.New(e.driver, e.resolve, e.orch.CompleteSteps, fastEvents{e}, worker.Config{
 		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
 		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
 		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
@@ -265,6 +275,9 @@ func (e *Engine) Start(ctx context.Context) error {
 			return refused, err
 		},
 	})
+	if err := e.events.Start(ctx); err != nil {
+		return err
+	}
 	if err := e.orch.Start(ctx); err != nil {
 		return err
 	}
@@ -289,13 +302,15 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	werr := w.Stop(ctx)
-	// The orchestrator's actors stop within one transaction; give them a
-	// budget of their own so a drain that used up ctx does not leave them
-	// running under a closing database.
+	// The orchestrator's actors stop within one transaction, and the fast
+	// bus holds only events already published; give them a budget of their
+	// own so a drain that used up ctx does not leave them running under a
+	// closing database.
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	everr := e.events.Stop(octx)
 	oerr := e.orch.Stop(octx)
-	return errors.Join(werr, oerr)
+	return errors.Join(werr, everr, oerr)
 }
 
 // Close stops the engine if needed (with a 30s drain) and closes the store.
@@ -624,4 +639,15 @@ func (e *Engine) ChannelStats() []ChannelStats {
 			BlockedTime: s.BlockedTime, MaxDepth: s.MaxDepth, Level: s.Level.String()}
 	}
 	return out
+}
+
+func marshalOrNil(v any) json.RawMessage {
+	if v == nil {
+		return nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return b
 }

@@ -98,6 +98,18 @@ type Config struct {
 	// 0.1; a negative value disables jitter.
 	RetryJitter float64
 
+	// EventRetention is how long delivered durable domain events are kept.
+	// Default 72h.
+	EventRetention time.Duration
+	// EventFastBuffer is the capacity of the in-process bus for fast
+	// events; events beyond it are dropped and counted. Default 1024.
+	EventFastBuffer int
+	// EventPublisherTimeout bounds one call of a custom event publisher.
+	// Default 1s.
+	EventPublisherTimeout time.Duration
+	// EventDeliveryTimeout bounds one call of a subscriber. Default 5s.
+	EventDeliveryTimeout time.Duration
+
 	// SQLiteSynchronous is SQLite's synchronous pragma, NORMAL (default)
 	// or FULL.
 	SQLiteSynchronous string
@@ -129,6 +141,10 @@ func (c *Config) validate() error {
 	check(c.DefaultStepTimeout >= 0, "DefaultStepTimeout", "must not be negative, got %s", c.DefaultStepTimeout)
 	check(c.PollInterval >= 0, "PollInterval", "must not be negative, got %s", c.PollInterval)
 	check(c.RetryJitter <= 1, "RetryJitter", "must be at most 1, got %g", c.RetryJitter)
+	check(c.EventRetention >= 0, "EventRetention", "must not be negative, got %s", c.EventRetention)
+	check(c.EventFastBuffer >= 0, "EventFastBuffer", "must not be negative, got %d", c.EventFastBuffer)
+	check(c.EventPublisherTimeout >= 0, "EventPublisherTimeout", "must not be negative, got %s", c.EventPublisherTimeout)
+	check(c.EventDeliveryTimeout >= 0, "EventDeliveryTimeout", "must not be negative, got %s", c.EventDeliveryTimeout)
 	check(c.SQLiteBusyTimeout >= 0, "SQLiteBusyTimeout", "must not be negative, got %s", c.SQLiteBusyTimeout)
 	check(c.PostgresMaxConns >= 0 && c.PostgresMaxConns <= math.MaxInt32, "PostgresMaxConns",
 		"must be between 0 and %d, got %d", math.MaxInt32, c.PostgresMaxConns)
@@ -264,10 +280,36 @@ type Transition struct {
 }
 
 // DomainEvent is an event published about a step.
+//
+// Durable events (delivery_mode durable or broadcast) are written in the
+// transaction that records the step's outcome and have a Seq, their
+// position in the durable stream. Fast events (fast or broadcast) are
+// published in-process after the result entered the completion pipeline;
+// their Seq is 0.
 type DomainEvent struct {
 	ID, Name, TaskUUID, StepUUID, StepName, Namespace string
-	Payload                                           json.RawMessage
-	FiredAt                                           time.Time
+	// Payload is the step's result on success, or its error
+	// ({"message", "type", "retryable", …}) on failure, as transformed by
+	// the event's publisher.
+	Payload json.RawMessage
+	FiredAt time.Time
+
+	Seq int64
+	// Version is the task template's version; TaskName its name.
+	Version, TaskName string
+	// CorrelationID ties the events of one task together (the task UUID).
+	CorrelationID string
+	// Condition is the outcome that fired the event: success,
+	// retryable_failure or permanent_failure.
+	Condition    string
+	DeliveryMode string
+	Attempt      int
+	// Error is the step's error on failure.
+	Error json.RawMessage
+	// Context is the task's context.
+	Context json.RawMessage
+	// Metadata is what the event's publisher added.
+	Metadata map[string]any
 }
 
 // sqlitePath resolves a relative SQLite path against the working directory

@@ -89,6 +89,13 @@ type Executor interface {
 
 	StepsClaim(ctx context.Context, p StepsClaimParams) ([]ClaimedStep, error)
 	StepsComplete(ctx context.Context, p StepsCompleteParams) ([]error, error)
+
+	EventsInsert(ctx context.Context, p EventsInsertParams) error
+	EventsAfter(ctx context.Context, p EventsAfterParams) ([]EventRow, error)
+	EventsPrune(ctx context.Context, p EventsPruneParams) (int, error)
+	EventCursorGet(ctx context.Context, p EventCursorGetParams) (int64, error)
+	EventCursorSet(ctx context.Context, p EventCursorSetParams) error
+	EventCursors(ctx context.Context) ([]EventCursor, error)
 }
 
 // TemplateRow is a stored task template version. Versions are immutable.
@@ -460,4 +467,67 @@ func WorkerQueue(namespace string) string { return workerQueuePrefix + namespace
 // IsWorkerQueue reports whether q is a namespace's step queue.
 func IsWorkerQueue(q string) bool {
 	return len(q) > len(workerQueuePrefix) && q[:len(workerQueuePrefix)] == workerQueuePrefix
+}
+
+// EventInsert is a durable domain event to store (the outbox).
+type EventInsert struct {
+	EventID  string
+	Name     string
+	TaskUUID string
+	StepUUID string
+	Payload  json.RawMessage
+}
+
+// EventsInsertParams writes durable events, normally in the transaction that
+// records the step outcome they describe. Their sequence numbers follow
+// commit order: an event committed later never gets a lower sequence than
+// one already readable, so a reader that remembers the last sequence it saw
+// never skips an event.
+type EventsInsertParams struct {
+	Events []EventInsert
+	Now    time.Time
+}
+
+// EventRow is a stored durable event.
+type EventRow struct {
+	Seq       int64
+	EventID   string
+	Name      string
+	TaskUUID  string
+	StepUUID  string
+	Payload   json.RawMessage
+	CreatedAt time.Time
+}
+
+// EventsAfterParams reads up to Limit (default 100) events with a sequence
+// above After, in sequence order.
+type EventsAfterParams struct {
+	After int64
+	Limit int
+}
+
+// EventsPruneParams deletes events created before Before whose sequence is
+// at most UpTo (0: no sequence bound). It returns how many were deleted.
+type EventsPruneParams struct {
+	Before time.Time
+	UpTo   int64
+}
+
+// EventCursorGetParams reads a durable subscription's cursor: the sequence
+// of the last event it acknowledged, 0 if it has none yet.
+type EventCursorGetParams struct{ Subscription string }
+
+// EventCursorSetParams moves a durable subscription's cursor forward to
+// Position; a cursor never moves back.
+type EventCursorSetParams struct {
+	Subscription string
+	Position     int64
+	Now          time.Time
+}
+
+// EventCursor is a durable subscription's stored position.
+type EventCursor struct {
+	Subscription string
+	Position     int64
+	UpdatedAt    time.Time
 }

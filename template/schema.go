@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -250,4 +251,49 @@ func jsonKind(v any) string {
 	default:
 		return "a number"
 	}
+}
+
+// eventSchemas caches compiled event payload schemas by their source text.
+var eventSchemas sync.Map // string -> *jsonschema.Schema
+
+// ValidatePayload checks an event payload against the declaration's
+// schema; it returns nil when the declaration has none. The error names
+// each failing JSON path and why. It is safe for concurrent use.
+func (e EventDecl) ValidatePayload(payload json.RawMessage) error {
+	if e.Schema == nil {
+		return nil
+	}
+	var sch *jsonschema.Schema
+	if v, ok := eventSchemas.Load(string(e.Schema)); ok {
+		sch = v.(*jsonschema.Schema)
+	} else {
+		var err error
+		if sch, err = compileSchema(e.Schema); err != nil {
+			return fmt.Errorf("event %s: schema: %w", e.Name, err)
+		}
+		eventSchemas.Store(string(e.Schema), sch)
+	}
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
+	if err != nil {
+		return fmt.Errorf("event %s: payload is not valid JSON: %w", e.Name, err)
+	}
+	err = sch.Validate(doc)
+	if err == nil {
+		return nil
+	}
+	var verr *jsonschema.ValidationError
+	if !errors.As(err, &verr) {
+		return fmt.Errorf("event %s: validate payload: %w", e.Name, err)
+	}
+	var parts []string
+	for _, p := range contextProblems(verr, nil) {
+		path := p.Path
+		if path == "" {
+			path = "(root)"
+		}
+		if s := path + ": " + p.Message; !slices.Contains(parts, s) {
+			parts = append(parts, s)
+		}
+	}
+	return fmt.Errorf("event %s: payload does not match its schema: %s", e.Name, strings.Join(parts, "; "))
 }

@@ -160,7 +160,6 @@ func TestTemplateValidate(t *testing.T) {
 			wantCode: 1,
 			wantStdout: []string{
 				unsupported + `: demo/fancy/1.0.0: step "decide": type: step type "decision" is not supported`,
-				unsupported + `: demo/fancy/1.0.0: step "decide": publishes_events: domain event publishing is not supported`,
 			},
 		},
 		{

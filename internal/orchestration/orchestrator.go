@@ -24,6 +24,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tasker-go/tasker/internal/chanmon"
+	"github.com/tasker-go/tasker/internal/events"
 	"github.com/tasker-go/tasker/state"
 	"github.com/tasker-go/tasker/store"
 	"github.com/tasker-go/tasker/template"
@@ -73,6 +74,15 @@ type Config struct {
 	Now func() time.Time
 	// Monitors, if set, receives the orchestrator's channel monitors.
 	Monitors *chanmon.Registry
+	// Events, if set, writes the durable domain events of step outcomes.
+	Events EventSink
+}
+
+// EventSink writes durable domain events in the orchestration transaction
+// and is told after commit that some were written.
+type EventSink interface {
+	Outbox(ctx context.Context, tx store.Tx, o events.StepOutcome) (int, error)
+	WakeRelays()
 }
 
 func (c *Config) setDefaults() {
@@ -143,6 +153,7 @@ func (o *Orchestrator) Templates() *Templates { return o.templates }
 
 // effects are what a committed transaction must announce.
 type effects struct {
+	events     int
 	namespaces map[string]struct{}
 	tasks      map[string]state.TaskState
 	retries    map[string]time.Time
@@ -168,6 +179,9 @@ func (o *Orchestrator) announce(eff *effects) {
 	}
 	for id, at := range eff.retries {
 		o.scheduleEvaluation(id, at)
+	}
+	if eff.events > 0 && o.cfg.Events != nil {
+		o.cfg.Events.WakeRelays()
 	}
 }
 
@@ -468,14 +482,15 @@ func viewOf(s store.StepRow) StepView {
 // applyResult turns a step's reported outcome into its next state: complete,
 // waiting_for_retry with a backoff, or error. Steps not awaiting
 // orchestration are left alone (a duplicate or late message).
-func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.StepRow, t *template.Template, now time.Time) error {
+func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.StepRow, t *template.Template, now time.Time) (events.Outcome, error) {
 	switch state.StepState(s.State) {
 	case state.StepEnqueuedForOrchestration:
 		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
 			To: string(state.StepComplete), Event: string(state.StepEventComplete), Now: now}); err != nil {
-			return err
+			return "", err
 		}
 		s.State = string(state.StepComplete)
+		return events.OutcomeSuccess, nil
 	case state.StepEnqueuedAsErrorForOrchestration:
 		var info store.StepErrorInfo
 		if len(s.Error) > 0 {
@@ -495,10 +510,10 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
 				SetNextRetryAt: true, NextRetryAt: &now, DecrementAttempts: true,
 				Metadata: mustJSON(map[string]any{"reason": "released by worker shutdown; attempt not counted"})}); err != nil {
-				return err
+				return "", err
 			}
 			s.State, s.NextRetryAt, s.Attempts = string(state.StepWaitingForRetry), &now, max(s.Attempts-1, 0)
-			return nil
+			return "", nil
 		}
 		if info.Retryable && s.Retryable && s.Attempts < s.MaxAttempts {
 			delay := Backoff(retry, s.Attempts, o.cfg.JitterFraction, rand.Float64())
@@ -510,9 +525,10 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
 				SetNextRetryAt: true, NextRetryAt: &next,
 				Metadata: mustJSON(map[string]any{"backoff_ms": delay.Milliseconds(), "attempt": s.Attempts})}); err != nil {
-				return err
+				return "", err
 			}
 			s.State, s.NextRetryAt = string(state.StepWaitingForRetry), &next
+			return events.OutcomeRetryableFailure, nil
 		} else {
 			reason := "not retryable"
 			if info.Retryable {
@@ -524,12 +540,13 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
 				To: string(state.StepError), Event: string(state.StepEventFail), Now: now, SetNextRetryAt: true,
 				Metadata: mustJSON(map[string]any{"reason": reason})}); err != nil {
-				return err
+				return "", err
 			}
 			s.State, s.NextRetryAt = string(state.StepError), nil
+			return events.OutcomePermanentFailure, nil
 		}
 	}
-	return nil
+	return "", nil
 }
 
 func mustJSON(v any) json.RawMessage {
@@ -557,17 +574,42 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 		return fmt.Errorf("task %s: %w", taskUUID, err)
 	}
 	for i := range steps {
-		if resultSteps[steps[i].UUID] {
-			if steps[i].State == string(state.StepEnqueuedAsErrorForOrchestration) {
-				full, err := tx.StepGet(ctx, store.StepGetParams{UUID: steps[i].UUID})
-				if err != nil {
-					return err
-				}
-				steps[i].Error = full.Error
+		s := &steps[i]
+		if !resultSteps[s.UUID] {
+			continue
+		}
+		publishes := false
+		if def, ok := t.Step(s.Name); ok {
+			publishes = o.cfg.Events != nil && len(def.PublishesEvents) > 0
+		}
+		awaiting := s.State == string(state.StepEnqueuedAsErrorForOrchestration) || s.State == string(state.StepEnqueuedForOrchestration)
+		if awaiting && (publishes || s.State == string(state.StepEnqueuedAsErrorForOrchestration)) {
+			full, err := tx.StepGet(ctx, store.StepGetParams{UUID: s.UUID})
+			if err != nil {
+				return err
 			}
-			if err := o.applyResult(ctx, tx, &steps[i], t, now); err != nil {
-				return fmt.Errorf("task %s step %s: %w", taskUUID, steps[i].Name, err)
+			s.Error, s.Result = full.Error, full.Result
+		}
+		attempt := s.Attempts
+		outcome, err := o.applyResult(ctx, tx, s, t, now)
+		if err != nil {
+			return fmt.Errorf("task %s step %s: %w", taskUUID, s.Name, err)
+		}
+		if publishes && outcome != "" {
+			// Durable events go in this transaction: they exist exactly
+			// when the outcome they describe is committed.
+			o2 := events.StepOutcome{Template: t, StepName: s.Name, TaskUUID: taskUUID, StepUUID: s.UUID,
+				Context: task.Context, Attempt: attempt, Outcome: outcome, At: now}
+			if outcome == events.OutcomeSuccess {
+				o2.Result = s.Result
+			} else {
+				o2.Error = s.Error
 			}
+			n, err := o.cfg.Events.Outbox(ctx, tx, o2)
+			if err != nil {
+				return fmt.Errorf("task %s step %s: write domain events: %w", taskUUID, s.Name, err)
+			}
+			eff.events += n
 		}
 	}
 	return o.evaluate(ctx, tx, task, steps, t, now, false, eff)

@@ -23,6 +23,10 @@ type Templates struct {
 	d  store.Driver
 	mu sync.RWMutex
 	m  map[string]*template.Template
+
+	// Check, if set, adds problems that only the engine can see (say, a
+	// publisher name that is not registered) before a template is stored.
+	Check func(*template.Template) []template.Problem
 }
 
 // NewTemplates returns an empty cache over d.
@@ -36,6 +40,11 @@ func (c *Templates) Register(ctx context.Context, doc []byte) (*template.Templat
 	t, err := ParseTemplate(doc)
 	if err != nil {
 		return nil, err
+	}
+	if c.Check != nil {
+		if problems := c.Check(t); len(problems) > 0 {
+			return nil, &template.ValidationError{Problems: problems}
+		}
 	}
 	tx, err := c.d.Begin(ctx)
 	if err != nil {
@@ -87,10 +96,6 @@ func checkSupported(t *template.Template) error {
 		if len(s.BatchConfig) > 0 {
 			problems = append(problems, template.Problem{Template: t.Key(), Step: s.Name, Field: "batch_config",
 				Message: "batch_config is not supported by this engine yet"})
-		}
-		if len(s.PublishesEvents) > 0 {
-			problems = append(problems, template.Problem{Template: t.Key(), Step: s.Name, Field: "publishes_events",
-				Message: "domain event publishing is not supported by this engine yet"})
 		}
 	}
 	if t.Lifecycle != (template.Lifecycle{}) {

@@ -821,3 +821,95 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 	}
 	return out, nil
 }
+
+// --- durable events ---
+
+// EventsInsert appends events. Event writers take a transaction-scoped
+// advisory lock first, so sequence numbers are handed out in commit order:
+// a transaction that inserts events later also commits later.
+func (e *executor) EventsInsert(ctx context.Context, p store.EventsInsertParams) error {
+	if len(p.Events) == 0 {
+		return nil
+	}
+	if _, err := e.exec(ctx, `SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':tasker_events'))`); err != nil {
+		return fmt.Errorf("insert events: lock: %w", err)
+	}
+	now := orNow(p.Now)
+	n := len(p.Events)
+	ids, names, tasks, steps := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([]*string, n)
+	for i, ev := range p.Events {
+		ids[i], names[i], tasks[i], steps[i], payloads[i] = ev.EventID, ev.Name, ev.TaskUUID, ev.StepUUID, jsonText(ev.Payload)
+	}
+	if _, err := e.exec(ctx, `INSERT INTO tasker_events (event_id, name, task_uuid, step_uuid, payload, created_at)
+		SELECT m.event_id, m.name, m.task_uuid, m.step_uuid, m.payload::jsonb, $1
+		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+			WITH ORDINALITY AS m(event_id, name, task_uuid, step_uuid, payload, ord)
+		ORDER BY m.ord`, now, ids, names, tasks, steps, payloads); err != nil {
+		return fmt.Errorf("insert events: %w", err)
+	}
+	return nil
+}
+
+func (e *executor) EventsAfter(ctx context.Context, p store.EventsAfterParams) ([]store.EventRow, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := e.query(ctx, `SELECT seq, event_id, name, task_uuid, step_uuid, payload, created_at FROM tasker_events
+		WHERE seq > $1 ORDER BY seq LIMIT $2`, p.After, limit)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.EventRow, error) {
+		var ev store.EventRow
+		var payload []byte
+		err := r.Scan(&ev.Seq, &ev.EventID, &ev.Name, &ev.TaskUUID, &ev.StepUUID, &payload, &ev.CreatedAt)
+		ev.Payload, ev.CreatedAt = rawOrNil(payload), ev.CreatedAt.UTC()
+		return ev, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", p.After, err)
+	}
+	return out, nil
+}
+
+func (e *executor) EventsPrune(ctx context.Context, p store.EventsPruneParams) (int, error) {
+	tag, err := e.exec(ctx, `DELETE FROM tasker_events WHERE created_at < $1 AND ($2 = 0 OR seq <= $2)`, p.Before, p.UpTo)
+	if err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (e *executor) EventCursorGet(ctx context.Context, p store.EventCursorGetParams) (int64, error) {
+	var pos int64
+	err := e.queryRow(ctx, `SELECT position FROM tasker_event_cursors WHERE subscription = $1`, p.Subscription).Scan(&pos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read cursor of %s: %w", p.Subscription, mapErr(err))
+	}
+	return pos, nil
+}
+
+func (e *executor) EventCursorSet(ctx context.Context, p store.EventCursorSetParams) error {
+	if _, err := e.exec(ctx, `INSERT INTO tasker_event_cursors (subscription, position, updated_at) VALUES ($1, $2, $3)
+		ON CONFLICT (subscription) DO UPDATE SET position = GREATEST(tasker_event_cursors.position, excluded.position),
+		updated_at = excluded.updated_at`, p.Subscription, p.Position, orNow(p.Now)); err != nil {
+		return fmt.Errorf("store cursor of %s: %w", p.Subscription, err)
+	}
+	return nil
+}
+
+func (e *executor) EventCursors(ctx context.Context) ([]store.EventCursor, error) {
+	rows, err := e.query(ctx, `SELECT subscription, position, updated_at FROM tasker_event_cursors ORDER BY subscription`)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.EventCursor, error) {
+		var c store.EventCursor
+		err := r.Scan(&c.Subscription, &c.Position, &c.UpdatedAt)
+		c.UpdatedAt = c.UpdatedAt.UTC()
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read event cursors: %w", err)
+	}
+	return out, nil
+}

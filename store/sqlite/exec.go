@@ -775,3 +775,99 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 	}
 	return out, nil
 }
+
+// --- durable events ---
+
+// EventsInsert appends events. SQLite has one writer at a time, so the
+// AUTOINCREMENT sequence is commit order.
+func (e *executor) EventsInsert(ctx context.Context, p store.EventsInsertParams) error {
+	now := tsOrNow(p.Now)
+	for _, ev := range p.Events {
+		if _, err := e.exec(ctx, `INSERT INTO tasker_events (event_id, name, task_uuid, step_uuid, payload, created_at)
+			VALUES (?,?,?,?,?,?)`, ev.EventID, ev.Name, ev.TaskUUID, ev.StepUUID, string(ev.Payload), now); err != nil {
+			return fmt.Errorf("insert event %s: %w", ev.Name, err)
+		}
+	}
+	return nil
+}
+
+func (e *executor) EventsAfter(ctx context.Context, p store.EventsAfterParams) ([]store.EventRow, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := e.query(ctx, `SELECT seq, event_id, name, task_uuid, step_uuid, payload, created_at FROM tasker_events
+		WHERE seq > ? ORDER BY seq LIMIT ?`, p.After, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %d: %w", p.After, err)
+	}
+	defer rows.Close()
+	var out []store.EventRow
+	for rows.Next() {
+		var r store.EventRow
+		var payload string
+		var created int64
+		if err := rows.Scan(&r.Seq, &r.EventID, &r.Name, &r.TaskUUID, &r.StepUUID, &payload, &created); err != nil {
+			return nil, fmt.Errorf("read events after %d: %w", p.After, mapErr(err))
+		}
+		r.Payload, r.CreatedAt = json.RawMessage(payload), fromTS(created)
+		out = append(out, r)
+	}
+	return out, mapErr(rows.Err())
+}
+
+func (e *executor) EventsPrune(ctx context.Context, p store.EventsPruneParams) (int, error) {
+	q := `DELETE FROM tasker_events WHERE created_at < ?`
+	args := []any{ts(p.Before)}
+	if p.UpTo > 0 {
+		q += ` AND seq <= ?`
+		args = append(args, p.UpTo)
+	}
+	res, err := e.exec(ctx, q, args...)
+	if err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+func (e *executor) EventCursorGet(ctx context.Context, p store.EventCursorGetParams) (int64, error) {
+	var pos int64
+	err := e.queryRow(ctx, `SELECT position FROM tasker_event_cursors WHERE subscription = ?`, p.Subscription).Scan(&pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read cursor of %s: %w", p.Subscription, mapErr(err))
+	}
+	return pos, nil
+}
+
+func (e *executor) EventCursorSet(ctx context.Context, p store.EventCursorSetParams) error {
+	_, err := e.exec(ctx, `INSERT INTO tasker_event_cursors (subscription, position, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (subscription) DO UPDATE SET position = MAX(position, excluded.position), updated_at = excluded.updated_at`,
+		p.Subscription, p.Position, tsOrNow(p.Now))
+	if err != nil {
+		return fmt.Errorf("store cursor of %s: %w", p.Subscription, err)
+	}
+	return nil
+}
+
+func (e *executor) EventCursors(ctx context.Context) ([]store.EventCursor, error) {
+	rows, err := e.query(ctx, `SELECT subscription, position, updated_at FROM tasker_event_cursors ORDER BY subscription`)
+	if err != nil {
+		return nil, fmt.Errorf("read event cursors: %w", err)
+	}
+	defer rows.Close()
+	var out []store.EventCursor
+	for rows.Next() {
+		var c store.EventCursor
+		var upd int64
+		if err := rows.Scan(&c.Subscription, &c.Position, &upd); err != nil {
+			return nil, fmt.Errorf("read event cursors: %w", mapErr(err))
+		}
+		c.UpdatedAt = fromTS(upd)
+		out = append(out, c)
+	}
+	return out, mapErr(rows.Err())
+}
