@@ -40,6 +40,7 @@ type Engine struct {
 
 	mu            sync.Mutex
 	handlers      map[string]Handler
+	external      map[string]bool // callables run through the external channel
 	namespaces    map[string]bool
 	subscriptions map[string]int // Subscribe calls per pattern
 	worker        *worker.Worker
@@ -195,7 +196,7 @@ func (e *Engine) RegisterTemplatesDir(ctx context.Context, dir string) error {
 // The caller holds e.mu.
 func (e *Engine) handlesAny(t *template.Template) bool {
 	for _, s := range t.Steps {
-		if _, ok := e.handlers[s.Handler.Callable]; ok {
+		if _, ok := e.handlers[s.Handler.Callable]; ok || e.external[s.Handler.Callable] {
 			return true
 		}
 	}
@@ -212,14 +213,20 @@ func (e *Engine) Handle(callable string, h Handler) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.handlers[callable] = h
-	if e.worker != nil && len(e.cfg.Namespaces) == 0 {
-		// A handler added to a running engine: claim the namespaces whose
-		// templates use it.
-		for _, t := range e.orch.Templates().Loaded() {
-			if !e.namespaces[t.Namespace] && e.handlesAny(t) {
-				e.namespaces[t.Namespace] = true
-				e.worker.AddQueues(store.WorkerQueue(t.Namespace))
-			}
+	delete(e.external, callable)
+	e.claimHandledNamespaces()
+}
+
+// claimHandledNamespaces makes a running engine claim the namespaces whose
+// templates use a handler added after Start. The caller holds e.mu.
+func (e *Engine) claimHandledNamespaces() {
+	if e.worker == nil || len(e.cfg.Namespaces) > 0 {
+		return
+	}
+	for _, t := range e.orch.Templates().Loaded() {
+		if !e.namespaces[t.Namespace] && e.handlesAny(t) {
+			e.namespaces[t.Namespace] = true
+			e.worker.AddQueues(store.WorkerQueue(t.Namespace))
 		}
 	}
 }
@@ -266,7 +273,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
 		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
 		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
-		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim,
+		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim, External: e.cfg.externalConfig(),
 		Fallback: func(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
 			refused, err := orchestration.ForwardCompletions(ctx, e.driver, comps)
 			if err == nil {
@@ -334,8 +341,9 @@ func (e *Engine) Close() error {
 func (e *Engine) resolve(ctx context.Context, c *store.ClaimedStep) (worker.Prepared, error) {
 	e.mu.Lock()
 	h, ok := e.handlers[c.Callable]
+	external := e.external[c.Callable]
 	e.mu.Unlock()
-	if !ok {
+	if !ok && !external {
 		return worker.Prepared{}, &worker.HandlerNotFoundError{Callable: c.Callable}
 	}
 	t, err := e.orch.Templates().Get(ctx, c.Namespace, c.TaskName, c.Version)
@@ -345,6 +353,9 @@ func (e *Engine) resolve(ctx context.Context, c *store.ClaimedStep) (worker.Prep
 	def, ok := t.Step(c.StepName)
 	if !ok {
 		return worker.Prepared{}, fmt.Errorf("template %s has no step %q", t.Key(), c.StepName)
+	}
+	if external {
+		return e.prepareExternal(ctx, c, t, def)
 	}
 	sc := &StepContext{
 		TaskUUID: c.TaskUUID, StepUUID: c.StepUUID, StepName: c.StepName, Namespace: c.Namespace,

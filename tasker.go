@@ -98,6 +98,26 @@ type Config struct {
 	// 0.1; a negative value disables jitter.
 	RetryJitter float64
 
+	// ExternalCapacity bounds how many steps of HandleExternal callables
+	// wait in the external channel at once (handed out or not); further
+	// steps wait for room. Each also occupies one unit of Concurrency until
+	// it is completed. Default 100.
+	ExternalCapacity int
+	// ExternalCompletionTimeout is how long an external step may stay
+	// uncompleted before it fails as a retryable external_timeout; a
+	// step's shorter timeout_seconds takes precedence. Default 5m.
+	ExternalCompletionTimeout time.Duration
+	// ExternalStarvationThreshold is the age past which an uncompleted
+	// external step is logged and counted as starved. Default 10s.
+	ExternalStarvationThreshold time.Duration
+	// ExternalCompletionSendTimeout bounds how long ExternalChannel.Complete
+	// waits for room in a full completion channel. Default 10s.
+	ExternalCompletionSendTimeout time.Duration
+	// ExternalCallbackTimeout bounds the publishing of an external step's
+	// fast domain events, which runs in the background after Complete.
+	// Default 30s.
+	ExternalCallbackTimeout time.Duration
+
 	// EventRetention is how long delivered durable domain events are kept.
 	// Default 72h.
 	EventRetention time.Duration
@@ -141,6 +161,7 @@ func (c *Config) validate() error {
 	check(c.DefaultStepTimeout >= 0, "DefaultStepTimeout", "must not be negative, got %s", c.DefaultStepTimeout)
 	check(c.PollInterval >= 0, "PollInterval", "must not be negative, got %s", c.PollInterval)
 	check(c.RetryJitter <= 1, "RetryJitter", "must be at most 1, got %g", c.RetryJitter)
+	errs = append(errs, c.validateExternal()...)
 	check(c.EventRetention >= 0, "EventRetention", "must not be negative, got %s", c.EventRetention)
 	check(c.EventFastBuffer >= 0, "EventFastBuffer", "must not be negative, got %d", c.EventFastBuffer)
 	check(c.EventPublisherTimeout >= 0, "EventPublisherTimeout", "must not be negative, got %s", c.EventPublisherTimeout)
@@ -265,8 +286,8 @@ type Step struct {
 type StepError struct {
 	Message string
 	// Type is handler_error, permanent_error, panic, timeout,
-	// handler_not_found, result_not_serializable, lease_expired or
-	// worker_stopping.
+	// handler_not_found, result_not_serializable, lease_expired,
+	// worker_stopping or external_timeout.
 	Type      string
 	Retryable bool
 }

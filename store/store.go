@@ -451,6 +451,9 @@ const (
 	ErrorTypeUnserializable  = "result_not_serializable"
 	ErrorTypeLeaseExpired    = "lease_expired"
 	ErrorTypeWorkerStopping  = "worker_stopping"
+	// ErrorTypeExternalTimeout is an external step whose foreign handler
+	// did not complete it in time.
+	ErrorTypeExternalTimeout = "external_timeout"
 )
 
 // Queue names.

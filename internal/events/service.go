@@ -308,7 +308,7 @@ func (s *Service) relayBatch(ctx context.Context, sub *subscription) (int, error
 			if err != nil {
 				s.durable.failed.Add(1)
 				s.log.Error("undecodable durable event skipped", "seq", r.Seq, "event", r.Name, "error", err)
-			} else if err := s.deliverDurable(ctx, sub, ev); err != nil {
+			} else if err := s.deliverDurable(ctx, sub, ev, last); err != nil {
 				s.saveCursor(ctx, sub, last)
 				return 0, err
 			}
@@ -320,8 +320,11 @@ func (s *Service) relayBatch(ctx context.Context, sub *subscription) (int, error
 }
 
 // deliverDurable retries a durable delivery with backoff until it succeeds
-// or the relay stops.
-func (s *Service) deliverDurable(ctx context.Context, sub *subscription, ev *Event) error {
+// or the relay stops. Before the first retry it stores the cursor at
+// acked, the last event of the batch already delivered, so that a
+// subscriber stuck on this event does not hold back the acknowledgement
+// of the ones before it (a crash would deliver them again).
+func (s *Service) deliverDurable(ctx context.Context, sub *subscription, ev *Event, acked int64) error {
 	delay := 50 * time.Millisecond
 	for {
 		err := s.deliver(ctx, sub, ev)
@@ -330,6 +333,7 @@ func (s *Service) deliverDurable(ctx context.Context, sub *subscription, ev *Eve
 			return nil
 		}
 		s.durable.failed.Add(1)
+		s.saveCursor(ctx, sub, acked)
 		s.log.Warn("durable event subscriber failed; retrying", "subscription", sub.name, "event", ev.Name,
 			"seq", ev.Seq, "task_uuid", ev.TaskUUID, "retry_in", delay, "error", err)
 		select {
@@ -345,7 +349,9 @@ func (s *Service) saveCursor(ctx context.Context, sub *subscription, pos int64) 
 	if pos <= sub.cursor.Load() {
 		return
 	}
-	err := store.InTx(context.WithoutCancel(ctx), s.d, func(tx store.Tx) error {
+	// Not cancelled with the relay: progress made before a stop is kept.
+	ctx = context.WithoutCancel(ctx)
+	err := store.InTx(ctx, s.d, func(tx store.Tx) error {
 		return tx.EventCursorSet(ctx, store.EventCursorSetParams{Subscription: sub.name, Position: pos, Now: time.Now()})
 	})
 	if err != nil {

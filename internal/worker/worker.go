@@ -6,6 +6,10 @@
 //	      ─▶ only then: post-handler callback (domain events)
 //	      ─▶ completion processor ─▶ one transaction per batch of results
 //
+// Steps whose handlers live outside the process go through the External
+// channel (poll, complete), which feeds the same completion channel with
+// the same ordering.
+//
 // Every claimed step produces exactly one result. A full completion channel
 // blocks the goroutines that carry results, which keeps the claim loop from
 // claiming more (nothing is dropped after a claim). Claimed steps carry a
@@ -39,6 +43,9 @@ type Prepared struct {
 	Handler HandlerFunc
 	// Timeout bounds the attempt; zero uses Config.DefaultTimeout.
 	Timeout time.Duration
+	// External, if set, hands the step to the external channel's pollers
+	// instead of calling Handler.
+	External *ExternalStep
 }
 
 // Resolver prepares a claimed step: finds its handler and builds what the
@@ -114,6 +121,8 @@ type Config struct {
 	// to process (not for unavailability) without processing it, so that
 	// it reaches the orchestrators' result queue.
 	Fallback Completer
+	// External configures the external dispatch channel.
+	External ExternalConfig
 }
 
 func (c *Config) setDefaults() {
@@ -150,6 +159,7 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.External.setDefaults()
 }
 
 type lease struct {
@@ -168,6 +178,7 @@ type Worker struct {
 
 	dispatch   *chanmon.Chan[*store.ClaimedStep]
 	completion *chanmon.Chan[*Result]
+	external   *External
 	sem        chan struct{}
 	wake       chan struct{}
 
@@ -212,9 +223,14 @@ func New(d store.Driver, resolve Resolver, complete Completer, callback PostHand
 		leases:     map[int64]*lease{},
 		queues:     append([]string(nil), cfg.Queues...),
 	}
+	w.external = newExternal(w, cfg.External)
 	if cfg.Monitors != nil {
-		_ = cfg.Monitors.Register(w.dispatch)
-		_ = cfg.Monitors.Register(w.completion)
+		// A restarted engine builds a new worker: its channels replace the
+		// previous worker's under the same names.
+		for _, m := range []chanmon.Monitor{w.dispatch, w.completion, w.external.slots} {
+			cfg.Monitors.Unregister(m.Name())
+			_ = cfg.Monitors.Register(m)
+		}
 	}
 	return w
 }
@@ -277,6 +293,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	go w.runDispatcher()
 	go w.runCompletions(base)
 	go w.runHeartbeats(base)
+	w.external.start(base)
 	return nil
 }
 
@@ -301,6 +318,13 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.handoffMu.Unlock()
 	w.dispatch.Close()
 	<-w.dispDone
+	// Pending external events go back to their steps while the completion
+	// channel is still open; the drain budget below covers it.
+	w.handlers.Add(1)
+	go func() {
+		defer w.handlers.Done()
+		w.external.close()
+	}()
 
 	handlersDone := make(chan struct{})
 	go func() {
@@ -467,6 +491,9 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 		}
 	}
 	res := w.runHandler(c, settle) // normally releases the permit before returning
+	if res == nil {
+		return // an external step: the external channel sends its result and settles it
+	}
 	sent := w.completion.Send(w.hCtxForSend(), res)
 	settle()
 	if sent != nil {
@@ -477,21 +504,21 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 		return
 	}
 	if w.callback != nil {
-		w.runCallback(res)
+		w.runCallback(context.WithoutCancel(w.hCtx), res)
 	}
 }
 
 // runCallback runs the post-handler callback. The result is already in the
 // pipeline, so a panic in the callback is logged and the step's outcome
 // stands; it must not take the process down with it.
-func (w *Worker) runCallback(res *Result) {
+func (w *Worker) runCallback(ctx context.Context, res *Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			w.log.Error("post-handler callback panicked; the step's result stands",
 				"task_uuid", res.Step.TaskUUID, "step_uuid", res.Step.StepUUID, "panic", p)
 		}
 	}()
-	w.callback.OnHandlerComplete(context.WithoutCancel(w.hCtx), res)
+	w.callback.OnHandlerComplete(ctx, res)
 }
 
 // hCtxForSend is the context for a completion send: never cancelled by the
@@ -500,7 +527,9 @@ func (w *Worker) runCallback(res *Result) {
 func (w *Worker) hCtxForSend() context.Context { return context.WithoutCancel(w.hCtx) }
 
 // runHandler runs the step's handler and returns its result; released is
-// called when the handler's permit is given back.
+// called when the handler's permit is given back. An external step gives
+// its permit back at once and is handed to the external channel; runHandler
+// then returns nil unless the channel closed first.
 func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 	res := &Result{Step: *c, Started: time.Now()}
 	release := func() {
@@ -521,6 +550,10 @@ func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 			info = &store.StepErrorInfo{Type: store.ErrorTypeHandler, Retryable: true, Message: "prepare step: " + err.Error()}
 		}
 		return fail(info)
+	}
+	if prep.External != nil {
+		release()
+		return w.external.hold(c, prep, released)
 	}
 	timeout := prep.Timeout
 	if timeout <= 0 {

@@ -79,6 +79,13 @@ var cases = []struct {
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 
+	{"EventsInsertAfter", testEventsInsertAfter},
+	{"EventsDefaultLimit", testEventsDefaultLimit},
+	{"EventsCommitOrder", testEventsCommitOrder},
+	{"EventsSeqNotReused", testEventsSeqNotReused},
+	{"EventsPrune", testEventsPrune},
+	{"EventCursors", testEventCursors},
+
 	{"TxRollback", testTxRollback},
 	{"TxCommit", testTxCommit},
 	{"ReaderIsReadOnly", testReaderIsReadOnly},
