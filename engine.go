@@ -44,6 +44,7 @@ type Engine struct {
 	namespaces    map[string]bool
 	subscriptions map[string]int // Subscribe calls per pattern
 	worker        *worker.Worker
+	listening     *listening // the database listener, while started
 	started       bool
 	closed        bool
 
@@ -90,6 +91,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 		d = pd
 	}
+	if err := checkDeploymentMode(cfg.DeploymentMode, d); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if err := d.Migrate(ctx); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("tasker: migrate: %w", err)
@@ -106,14 +111,20 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		e.namespaces[ns] = true
 	}
 	e.events = events.NewService(d, events.NewBuilder(cfg.Logger, cfg.EventPublisherTimeout), events.Config{
-		Logger: cfg.Logger, FastBuffer: cfg.EventFastBuffer, PollInterval: cfg.PollInterval, Retention: cfg.EventRetention,
+		Logger: cfg.Logger, FastBuffer: cfg.EventFastBuffer, PollInterval: cfg.queuePollInterval(), Retention: cfg.EventRetention,
 		DeliveryTimeout: cfg.EventDeliveryTimeout, Monitors: e.monitors,
 	})
 	templates := orchestration.NewTemplates(d)
 	templates.Check = e.events.CheckTemplate
 	e.orch = orchestration.New(d, templates, engineNotifier{e}, orchestration.Config{
 		Owner: "orchestrator-" + e.id, Logger: cfg.Logger, JitterFraction: cfg.RetryJitter, PollInterval: cfg.PollInterval,
-		Monitors: e.monitors, Events: e.events,
+		ResultPollInterval: cfg.queuePollInterval(),
+		// ResultLease: a result batch held by an orchestrator that died
+		// comes back as soon as a step held by a dead worker would.
+		Monitors: e.monitors, Events: e.events, ResultLease: cfg.StepLease,
+		StalenessInterval: cfg.StalenessInterval, MaxTaskDuration: cfg.MaxTaskDuration,
+		MaxStepsInProcess: cfg.MaxStepsInProcess, MaxWaitingForDependencies: cfg.MaxWaitingForDependencies,
+		MaxWaitingForRetry: cfg.MaxWaitingForRetry, MaxResultReads: cfg.MaxResultReads,
 	})
 	return e, nil
 }
@@ -150,6 +161,7 @@ func (e *Engine) RegisterTemplate(ctx context.Context, yamlDoc []byte) error {
 		e.namespaces[t.Namespace] = true
 		if e.worker != nil {
 			e.worker.AddQueues(store.WorkerQueue(t.Namespace))
+			e.relisten()
 		}
 	}
 	return nil
@@ -227,6 +239,7 @@ func (e *Engine) claimHandledNamespaces() {
 		if !e.namespaces[t.Namespace] && e.handlesAny(t) {
 			e.namespaces[t.Namespace] = true
 			e.worker.AddQueues(store.WorkerQueue(t.Namespace))
+			e.relisten()
 		}
 	}
 }
@@ -269,10 +282,10 @@ func (e *Engine) Start(ctx context.Context) error {
 		queues = append(queues, store.WorkerQueue(ns))
 	}
 	sort.Strings(queues)
-	w := worker.New(e.driver, e.resolve, e.orch.CompleteSteps, fastEvents{e}, worker.Config{
+	wcfg := worker.Config{
 		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
 		CompletionBuffer: e.cfg.CompletionBuffer, StepLease: e.cfg.StepLease,
-		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.PollInterval, Logger: e.log,
+		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.queuePollInterval(), Logger: e.log,
 		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim, External: e.cfg.externalConfig(),
 		Fallback: func(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
 			refused, err := orchestration.ForwardCompletions(ctx, e.driver, comps)
@@ -281,19 +294,41 @@ func (e *Engine) Start(ctx context.Context) error {
 			}
 			return refused, err
 		},
-	})
+	}
+	var w *worker.Worker
+	switch {
+	case !e.cfg.hasRole(RoleWorker):
+	case !e.cfg.hasRole(RoleOrchestrator):
+		// No orchestrator here to process results inline: record them and
+		// queue them for the orchestrator processes.
+		wcfg.CompleteAndClaim, wcfg.Fallback = nil, nil
+		w = worker.New(e.driver, e.resolve, e.forwardCompletions, fastEvents{e}, wcfg)
+	default:
+		w = worker.New(e.driver, e.resolve, e.orch.CompleteSteps, fastEvents{e}, wcfg)
+	}
 	if err := e.events.Start(ctx); err != nil {
 		return err
 	}
-	if err := e.orch.Start(ctx); err != nil {
-		return err
+	if e.cfg.hasRole(RoleOrchestrator) {
+		if err := e.orch.Start(ctx); err != nil {
+			return err
+		}
 	}
-	if err := w.Start(ctx); err != nil {
-		_ = e.orch.Stop(ctx)
-		return err
+	if w != nil {
+		if err := w.Start(ctx); err != nil {
+			_ = e.orch.Stop(ctx)
+			return err
+		}
 	}
 	e.worker, e.started = w, true
+	e.startListening(ctx)
 	return nil
+}
+
+// forwardCompletions is a worker-only process's completer: it records
+// results and queues them for whichever orchestrator claims them.
+func (e *Engine) forwardCompletions(ctx context.Context, comps []store.StepCompletion) ([]error, error) {
+	return orchestration.ForwardCompletions(ctx, e.driver, comps)
 }
 
 // Stop drains the engine gracefully: the worker stops claiming, handlers in
@@ -308,7 +343,11 @@ func (e *Engine) Stop(ctx context.Context) error {
 	if !started {
 		return nil
 	}
-	werr := w.Stop(ctx)
+	e.stopListening()
+	var werr error
+	if w != nil {
+		werr = w.Stop(ctx)
+	}
 	// The orchestrator's actors stop within one transaction, and the fast
 	// bus holds only events already published; give them a budget of their
 	// own so a drain that used up ctx does not leave them running under a

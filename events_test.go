@@ -359,8 +359,9 @@ steps:
       - {name: ord.fast, delivery_mode: fast}
 `
 
-// orderingTasks is how many single-step tasks TestEventOrdering runs.
-const orderingTasks = 1000
+// orderingTasks is how many single-step tasks TestEventOrdering runs: 600
+// keeps it near 10s under -race on two cores.
+const orderingTasks = 600
 
 // TestEventOrdering runs many single-step tasks through a completion
 // channel of size 1 and checks, from the subscriber's side, the two
@@ -371,7 +372,7 @@ const orderingTasks = 1000
 // at least k results have been sent).
 func TestEventOrdering(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs 1,000 tasks")
+		t.Skip("runs hundreds of tasks")
 	}
 	t.Parallel()
 	eng, _ := openEngine(t, engineOptions{
@@ -582,10 +583,15 @@ func TestEventFailuresIsolated(t *testing.T) {
 			t.Errorf("good subscriber's fast events for task %s: %q", id, got)
 		}
 	}
+	// Fast: per step, one publisher failure, and three subscribers failing
+	// iso.fast. Durable: per step, three publisher failures, and subscriber
+	// failures that keep growing as deliveries are retried.
+	eventually(t, "every fast failure to be counted", func() bool {
+		return eng.EventStats(ctx).Fast.Failed == (1+3)*2*tasks
+	})
 	st := eng.EventStats(ctx)
-	// Per step: three durable publisher failures and one fast.
-	if st.Durable.Failed < 3*2*tasks || st.Fast.Failed < 2*tasks {
-		t.Errorf("failures counted: durable %d, fast %d; want at least %d and %d", st.Durable.Failed, st.Fast.Failed, 3*2*tasks, 2*tasks)
+	if st.Durable.Failed <= 3*2*tasks {
+		t.Errorf("durable failures counted: %d, want publisher failures (%d) plus subscriber failures", st.Durable.Failed, 3*2*tasks)
 	}
 	if st.Durable.Published != 2*tasks || st.Fast.Published != 2*tasks {
 		t.Errorf("published: durable %d, fast %d; want %d each", st.Durable.Published, st.Fast.Published, 2*tasks)
@@ -774,16 +780,14 @@ func TestEventsPaging(t *testing.T) {
 	if page, err := eng.Events(context.Background(), all[len(all)-1].Seq, 10); err != nil || len(page) != 0 {
 		t.Errorf("Events past the end = %d events, %v", len(page), err)
 	}
-	for _, ss := range eng.EventStats(context.Background()).Subscriptions {
-		if ss.Name == "*#0" {
-			eventually(t, "the cursor to reach the end", func() bool {
-				for _, s := range eng.EventStats(context.Background()).Subscriptions {
-					if s.Name == "*#0" {
-						return s.Cursor == all[len(all)-1].Seq && s.Lag == 0
-					}
-				}
-				return false
-			})
+	// The subscription's stats end caught up: cursor at the last event, no
+	// lag.
+	eventually(t, "the cursor of *#0 to reach the end", func() bool {
+		for _, s := range eng.EventStats(context.Background()).Subscriptions {
+			if s.Name == "*#0" {
+				return s.Cursor == all[len(all)-1].Seq && s.Lag == 0
+			}
 		}
-	}
+		return false
+	})
 }

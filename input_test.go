@@ -296,6 +296,8 @@ func TestOpenConfig(t *testing.T) {
 		{"negative timeout", tasker.Config{DefaultStepTimeout: -time.Second}, []string{"DefaultStepTimeout"}},
 		{"negative poll", tasker.Config{PollInterval: -time.Second}, []string{"PollInterval"}},
 		{"jitter above 1", tasker.Config{RetryJitter: 1.5}, []string{"RetryJitter"}},
+		{"unknown deployment mode", tasker.Config{DeploymentMode: "push"}, []string{"DeploymentMode", "push"}},
+		{"event driven without notifications", tasker.Config{DeploymentMode: tasker.DeploymentEventDrivenOnly}, []string{"DeploymentMode", "sqlite"}},
 		{"bad synchronous", tasker.Config{SQLiteSynchronous: "OFF"}, []string{"SQLiteSynchronous"}},
 		{"negative busy timeout", tasker.Config{SQLiteBusyTimeout: -time.Second}, []string{"SQLiteBusyTimeout"}},
 		{"several at once", tasker.Config{Concurrency: -1, PollInterval: -1}, []string{"Concurrency", "PollInterval"}},

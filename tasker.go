@@ -85,7 +85,10 @@ type Config struct {
 	// this process handles.
 	Namespaces []string
 	// StepLease is how long a claimed step stays owned by its worker without
-	// a heartbeat; a step whose worker died is retried after it. Default 30s.
+	// a heartbeat; a step whose worker died is retried after it. It is also
+	// how long an orchestrator holds a batch of queued results, so results
+	// held by an orchestrator that died are processed by another after it.
+	// Default 30s.
 	StepLease time.Duration
 	// DefaultStepTimeout bounds an attempt of a step whose template sets no
 	// timeout_seconds. Default 5m.
@@ -94,6 +97,18 @@ type Config struct {
 	// signal announced (work from other processes, due retries, expired
 	// leases). Default 500ms.
 	PollInterval time.Duration
+	// DeploymentMode chooses how a started engine learns about work that
+	// other processes committed: DeploymentHybrid ("hybrid", the default)
+	// listens for PostgreSQL notifications, sent in the transaction that
+	// queues the work, and polls every PollInterval as a fallback;
+	// DeploymentPollingOnly ("polling_only") only polls;
+	// DeploymentEventDrivenOnly ("event_driven_only") relies on
+	// notifications and polls its queues only every 30s (or PollInterval if
+	// longer) and after each reconnection. A lost listener connection is
+	// reopened with backoff, and the queues are checked once it is back.
+	// SQLite has no notifications: hybrid polls there, and
+	// event_driven_only is refused.
+	DeploymentMode DeploymentMode
 	// RetryJitter spreads retry delays by up to ±this fraction. Default
 	// 0.1; a negative value disables jitter.
 	RetryJitter float64
@@ -145,6 +160,58 @@ type Config struct {
 	// connection pools (transactions, and reads outside them), so an engine
 	// opens at most twice this many connections. Default 10.
 	PostgresMaxConns int
+
+	// StalenessInterval is how often the staleness sweeper looks for tasks
+	// stuck too long; a stale task gets a dead-letter entry (see ListDLQ)
+	// and moves to error. Default 1m; negative disables the sweeper.
+	StalenessInterval time.Duration
+	// MaxTaskDuration is how long a task may exist before the sweeper
+	// dead-letters it, for templates whose lifecycle sets no
+	// max_duration_minutes. Default 24h; negative means no limit.
+	MaxTaskDuration time.Duration
+	// MaxStepsInProcess, MaxWaitingForDependencies and MaxWaitingForRetry
+	// bound how long a task may stay in that state without progress (no
+	// change of the task or of any of its steps), for templates whose
+	// lifecycle sets no limit for it. Default 1h each; negative means no
+	// limit.
+	MaxStepsInProcess         time.Duration
+	MaxWaitingForDependencies time.Duration
+	MaxWaitingForRetry        time.Duration
+	// MaxResultReads is how many times an orchestrator may read a queued
+	// step result that fails processing before it moves the message to the
+	// dead-letter queue (kind "message") instead of retrying it again.
+	// Default 10; negative retries forever.
+	MaxResultReads int
+
+	// Roles chooses what Start runs in this process: RoleOrchestrator (the
+	// actors that process queued results, run due retries and rescue
+	// expired leases), RoleWorker (handlers for this process's namespaces),
+	// or both. Empty means both. A worker-only process records results and
+	// queues them for the orchestrators instead of processing them itself;
+	// an orchestrator-only process claims no steps.
+	Roles []Role
+}
+
+// Role is a part of the engine that Start may run; see Config.Roles.
+type Role string
+
+// The roles a process can take.
+const (
+	RoleOrchestrator Role = "orchestrator"
+	RoleWorker       Role = "worker"
+)
+
+// hasRole reports whether Start runs r: every role when Roles is empty.
+func (c *Config) hasRole(r Role) bool {
+	if len(c.Roles) == 0 {
+		return true
+	}
+	for _, have := range c.Roles {
+		if have == r {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Config) validate() error {
@@ -160,6 +227,8 @@ func (c *Config) validate() error {
 	check(c.StepLease == 0 || c.StepLease >= 100*time.Millisecond, "StepLease", "must be at least 100ms, got %s", c.StepLease)
 	check(c.DefaultStepTimeout >= 0, "DefaultStepTimeout", "must not be negative, got %s", c.DefaultStepTimeout)
 	check(c.PollInterval >= 0, "PollInterval", "must not be negative, got %s", c.PollInterval)
+	check(c.DeploymentMode.valid(), "DeploymentMode", "must be %s, %s or %s, got %q",
+		DeploymentHybrid, DeploymentPollingOnly, DeploymentEventDrivenOnly, c.DeploymentMode)
 	check(c.RetryJitter <= 1, "RetryJitter", "must be at most 1, got %g", c.RetryJitter)
 	errs = append(errs, c.validateExternal()...)
 	check(c.EventRetention >= 0, "EventRetention", "must not be negative, got %s", c.EventRetention)
@@ -173,6 +242,9 @@ func (c *Config) validate() error {
 		if err := postgres.CheckSchemaName(c.PostgresSchema); err != nil {
 			check(false, "PostgresSchema", "%v", err)
 		}
+	}
+	for _, r := range c.Roles {
+		check(r == RoleOrchestrator || r == RoleWorker, "Roles", "has unknown role %q (want %q or %q)", r, RoleOrchestrator, RoleWorker)
 	}
 	switch strings.ToUpper(c.SQLiteSynchronous) {
 	case "", "NORMAL", "FULL":

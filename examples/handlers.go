@@ -76,6 +76,10 @@ func arithmetic(callable string, variadic bool, compute func(s *tasker.StepConte
 			return nil, err
 		}
 		xs, err := operands(s, cfg)
+		var rerr *readError
+		if errors.As(err, &rerr) {
+			return nil, fmt.Errorf("%s: %w", callable, rerr.err)
+		}
 		if err != nil {
 			return nil, tasker.Permanent(fmt.Errorf("%s: %w", callable, err))
 		}
@@ -110,12 +114,26 @@ func operands(s *tasker.StepContext, cfg config) ([]*big.Int, error) {
 	for _, name := range cfg.Inputs {
 		var n int64
 		if err := s.DependencyResult(name, &n); err != nil {
-			return nil, fmt.Errorf("operand from step %q: %w", name, err)
+			err = fmt.Errorf("operand from step %q: %w", name, err)
+			var syntax *json.SyntaxError
+			var typ *json.UnmarshalTypeError
+			if !errors.Is(err, tasker.ErrNoDependencyResult) && !errors.As(err, &syntax) && !errors.As(err, &typ) {
+				return nil, &readError{err}
+			}
+			return nil, err
 		}
 		xs = append(xs, big.NewInt(n))
 	}
 	return xs, nil
 }
+
+// readError is a failure to read an operand from the store (a lost
+// database connection, say), as opposed to bad input: another attempt can
+// succeed, so it is not permanent.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
 
 // contextInt reads an integer field of the task's context.
 func contextInt(s *tasker.StepContext, field string) (int64, error) {

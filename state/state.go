@@ -139,6 +139,7 @@ const (
 	TaskEventCancel          TaskEvent = "cancel"             // any non-terminal → cancelled
 	TaskEventResolveManually TaskEvent = "resolve_manually"   // blocked/error → resolved_manually
 	TaskEventResume          TaskEvent = "resume"             // blocked/error → evaluating_results after an operator fixed steps
+	TaskEventStale           TaskEvent = "stale"              // any unsettled state → error, by the staleness sweeper
 )
 
 // StepEvent is something that happens to a step and may move it.
@@ -222,6 +223,9 @@ var taskTable = func() map[taskKey]TaskState {
 		if !s.Terminal() {
 			m[taskKey{s, TaskEventCancel}] = TaskCancelled
 		}
+		if !s.Settled() {
+			m[taskKey{s, TaskEventStale}] = TaskError
+		}
 	}
 	return m
 }()
@@ -276,7 +280,7 @@ var TaskEvents = []TaskEvent{
 	TaskEventStart, TaskEventReadyStepsFound, TaskEventStepsEnqueued, TaskEventEnqueueFailed,
 	TaskEventResultsReceived, TaskEventAllComplete, TaskEventAwaitDeps, TaskEventAwaitRetry,
 	TaskEventStillProcessing, TaskEventBlocked, TaskEventFail, TaskEventCancel,
-	TaskEventResolveManually, TaskEventResume,
+	TaskEventResolveManually, TaskEventResume, TaskEventStale,
 }
 
 // StepEvents lists every step event.

@@ -29,19 +29,23 @@ type stepTransition struct {
 var legalTaskTransitions = []taskTransition{
 	{"pending", "start", "initializing"},
 	{"pending", "cancel", "cancelled"},
+	{"pending", "stale", "error"},
 
 	{"initializing", "ready_steps_found", "enqueuing_steps"},
 	{"initializing", "all_complete", "complete"},
 	{"initializing", "await_dependencies", "waiting_for_dependencies"},
 	{"initializing", "fail", "error"},
 	{"initializing", "cancel", "cancelled"},
+	{"initializing", "stale", "error"},
 
 	{"enqueuing_steps", "steps_enqueued", "steps_in_process"},
 	{"enqueuing_steps", "enqueue_failed", "error"},
 	{"enqueuing_steps", "cancel", "cancelled"},
+	{"enqueuing_steps", "stale", "error"},
 
 	{"steps_in_process", "results_received", "evaluating_results"},
 	{"steps_in_process", "cancel", "cancelled"},
+	{"steps_in_process", "stale", "error"},
 
 	{"evaluating_results", "ready_steps_found", "enqueuing_steps"},
 	{"evaluating_results", "all_complete", "complete"},
@@ -51,14 +55,17 @@ var legalTaskTransitions = []taskTransition{
 	{"evaluating_results", "blocked", "blocked_by_failures"},
 	{"evaluating_results", "fail", "error"},
 	{"evaluating_results", "cancel", "cancelled"},
+	{"evaluating_results", "stale", "error"},
 
 	{"waiting_for_dependencies", "results_received", "evaluating_results"},
 	{"waiting_for_dependencies", "ready_steps_found", "enqueuing_steps"},
 	{"waiting_for_dependencies", "cancel", "cancelled"},
+	{"waiting_for_dependencies", "stale", "error"},
 
 	{"waiting_for_retry", "results_received", "evaluating_results"},
 	{"waiting_for_retry", "ready_steps_found", "enqueuing_steps"},
 	{"waiting_for_retry", "cancel", "cancelled"},
+	{"waiting_for_retry", "stale", "error"},
 
 	{"blocked_by_failures", "resume", "evaluating_results"},
 	{"blocked_by_failures", "resolve_manually", "resolved_manually"},
@@ -109,7 +116,7 @@ var (
 		resolved_manually`)
 	wantTaskEvents = strings.Fields(`start ready_steps_found steps_enqueued enqueue_failed
 		results_received all_complete await_dependencies await_retry still_processing blocked
-		fail cancel resolve_manually resume`)
+		fail cancel resolve_manually resume stale`)
 	wantStepEvents = strings.Fields(`enqueue start succeed fail_attempt complete schedule_retry
 		fail cancel reset_for_retry resolve_manually complete_manually`)
 )

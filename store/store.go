@@ -96,6 +96,13 @@ type Executor interface {
 	EventCursorGet(ctx context.Context, p EventCursorGetParams) (int64, error)
 	EventCursorSet(ctx context.Context, p EventCursorSetParams) error
 	EventCursors(ctx context.Context) ([]EventCursor, error)
+
+	TasksStale(ctx context.Context, p TasksStaleParams) ([]StaleTask, error)
+	DLQInsert(ctx context.Context, p DLQInsertParams) (int64, error)
+	DLQGet(ctx context.Context, p DLQGetParams) (*DLQRow, error)
+	DLQList(ctx context.Context, p DLQListParams) ([]DLQRow, error)
+	DLQUpdate(ctx context.Context, p DLQUpdateParams) error
+	DLQStats(ctx context.Context, p DLQStatsParams) ([]DLQStatRow, error)
 }
 
 // TemplateRow is a stored task template version. Versions are immutable.
@@ -278,6 +285,8 @@ type StepTransitionsParams struct{ UUID string }
 
 // StepsDueForRetryParams finds tasks that have a step waiting for retry
 // whose backoff has elapsed at Now. It returns task UUIDs, at most Limit.
+// Settled tasks (terminal or blocked_by_failures) are skipped: a stale task
+// moved to error may keep a waiting step, and only an operator moves it.
 type StepsDueForRetryParams struct {
 	Now   time.Time
 	Limit int

@@ -1,5 +1,6 @@
 // Command tasker is the Tasker command line: it runs the bundled demo,
-// validates task templates and reports its version.
+// serves the bundled workflows (alone or as part of a cluster), validates
+// task templates and reports its version.
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -18,7 +20,7 @@ import (
 const version = "0.1.0-dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -85,7 +87,7 @@ temporary SQLite database and shows how each one ran.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages to stderr")
-	root.AddCommand(newDemoCmd(a), newTemplateCmd(a), newVersionCmd(a))
+	root.AddCommand(newDemoCmd(a), newServeCmd(a), newTemplateCmd(a), newVersionCmd(a))
 	return root
 }
 

@@ -68,8 +68,17 @@ type subscription struct {
 	name, pattern string
 	fn            Handler
 	wake          chan struct{}
-	cursor        atomic.Int64
+	// cursor is the stored (acknowledged) position; delivered is how far
+	// the relay got, stored at most every cursorFlush so that a busy
+	// stream does not cost a write per event.
+	cursor    atomic.Int64
+	delivered atomic.Int64
+	savedAt   time.Time // relay goroutine only
 }
+
+// cursorFlush is how long a delivered position may wait before it is
+// stored. A crash in that window re-delivers those events (at least once).
+const cursorFlush = 25 * time.Millisecond
 
 // Service runs the fast bus and the durable relays.
 type Service struct {
@@ -271,6 +280,20 @@ func (s *Service) runRelay(ctx context.Context, sub *subscription) {
 		cursor, err = s.d.Reader().EventCursorGet(ctx, store.EventCursorGetParams{Subscription: sub.name})
 	}
 	sub.cursor.Store(cursor)
+	sub.delivered.Store(cursor)
+	// Progress delivered but not yet stored is stored when the relay stops.
+	defer func() { s.saveCursor(ctx, sub, sub.delivered.Load()) }()
+	if cursor == 0 {
+		// Store the cursor of a subscription that has acknowledged nothing
+		// yet, so that pruning (here or in another process) knows it is
+		// there and keeps the events it has not received.
+		err := store.InTx(ctx, s.d, func(tx store.Tx) error {
+			return tx.EventCursorSet(ctx, store.EventCursorSetParams{Subscription: sub.name, Now: time.Now()})
+		})
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("register event cursor", "subscription", sub.name, "error", err)
+		}
+	}
 	tick := time.NewTicker(s.cfg.PollInterval)
 	defer tick.Stop()
 	for {
@@ -281,14 +304,23 @@ func (s *Service) runRelay(ctx context.Context, sub *subscription) {
 			}
 			s.log.Error("relay durable events", "subscription", sub.name, "error", err)
 		}
-		if n > 0 && err == nil {
+		// Only a full batch means more is waiting now: a commit after the
+		// read has signalled sub.wake, so a partial batch waits for that
+		// signal (or the poll) instead of paying for an empty read.
+		if n >= s.cfg.RelayBatch && err == nil {
 			continue
+		}
+		var flush <-chan time.Time
+		if sub.delivered.Load() > sub.cursor.Load() {
+			flush = time.After(cursorFlush)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-sub.wake:
 		case <-tick.C:
+		case <-flush:
+			s.saveCursor(ctx, sub, sub.delivered.Load())
 		}
 	}
 }
@@ -297,11 +329,11 @@ func (s *Service) runRelay(ctx context.Context, sub *subscription) {
 // it succeeds, then stores the cursor: an event is acknowledged once the
 // cursor past it is stored, and is never delivered again after that.
 func (s *Service) relayBatch(ctx context.Context, sub *subscription) (int, error) {
-	rows, err := s.d.Reader().EventsAfter(ctx, store.EventsAfterParams{After: sub.cursor.Load(), Limit: s.cfg.RelayBatch})
+	rows, err := s.d.Reader().EventsAfter(ctx, store.EventsAfterParams{After: sub.delivered.Load(), Limit: s.cfg.RelayBatch})
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
-	last := sub.cursor.Load()
+	last := sub.delivered.Load()
 	for _, r := range rows {
 		if MatchPattern(sub.pattern, r.Name) {
 			ev, err := DecodeRow(r)
@@ -314,8 +346,11 @@ func (s *Service) relayBatch(ctx context.Context, sub *subscription) (int, error
 			}
 		}
 		last = r.Seq
+		sub.delivered.Store(last)
 	}
-	s.saveCursor(ctx, sub, last)
+	if time.Since(sub.savedAt) >= cursorFlush {
+		s.saveCursor(ctx, sub, last)
+	}
 	return len(rows), nil
 }
 
@@ -361,6 +396,7 @@ func (s *Service) saveCursor(ctx context.Context, sub *subscription, pos int64) 
 		return
 	}
 	sub.cursor.Store(pos)
+	sub.savedAt = time.Now()
 }
 
 func (s *Service) runPruner(ctx context.Context) {

@@ -425,9 +425,9 @@ func TestServiceDurableRetry(t *testing.T) {
 	}
 	// Backoff doubles from 50ms. Delays are lower bounds (a timer never
 	// fires early), so this is not a timing race.
-	for i, min := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond} {
-		if gap := attempts[i+1].Sub(attempts[i]); gap < min {
-			t.Errorf("retry %d came %s after the previous attempt, want at least %s", i+1, gap, min)
+	for i, least := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond} {
+		if gap := attempts[i+1].Sub(attempts[i]); gap < least {
+			t.Errorf("retry %d came %s after the previous attempt, want at least %s", i+1, gap, least)
 		}
 	}
 	mu.Unlock()
@@ -621,8 +621,9 @@ func TestServiceRead(t *testing.T) {
 		t.Errorf("paged %q, want %q", ids(paged), ids(all))
 	}
 	for i, ev := range all {
-		if want := []string{"order.created", "user.signed_up"}[i%2]; ev.Name != want || ev.StepName != strings.Split(want, ".")[0][:len(ev.StepName)] {
-			t.Errorf("event %d: %s from step %s, want %s", i, ev.Name, ev.StepName, want)
+		wantStep, wantName := []string{"order", "user"}[i%2], []string{"order.created", "user.signed_up"}[i%2]
+		if ev.Name != wantName || ev.StepName != wantStep {
+			t.Errorf("event %d: %s from step %s, want %s from step %s", i, ev.Name, ev.StepName, wantName, wantStep)
 		}
 	}
 }
@@ -675,4 +676,40 @@ func TestServiceLifecycle(t *testing.T) {
 	f.start(s)
 	f.commit(s, time.Now(), "order")
 	slow.wait(t, len(evs)+1)
+}
+
+// TestServicePruneKeepsUndelivered checks that pruning never deletes an
+// event a running subscription has not acknowledged, even one that has
+// acknowledged nothing yet, while another subscription is done with it.
+func TestServicePruneKeepsUndelivered(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	s := f.service(Config{Retention: time.Hour})
+	f.commit(s, time.Now().Add(-2*time.Hour), "order", "user", "order")
+	done := &recorder{}
+	f.subscribe(s, "done", "*", done.handle)
+	failing := make(chan struct{}, 1)
+	f.subscribe(s, "stuck", "*", func(context.Context, *Event) error {
+		select {
+		case failing <- struct{}{}:
+		default:
+		}
+		return errors.New("not yet")
+	})
+	f.start(s)
+	done.wait(t, 3)
+	stream := f.stream(s)
+	eventually(t, "the done subscription's cursor", func() bool { return f.cursor("done") == stream[2].Seq })
+	<-failing // the stuck subscription's relay is running and has seen the first event
+
+	n, err := s.Prune(context.Background(), time.Now())
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	if n != 0 {
+		t.Errorf("pruned %d events that the stuck subscription never acknowledged", n)
+	}
+	if left := f.stream(s); len(left) != 3 {
+		t.Errorf("%d events left, want 3", len(left))
+	}
 }

@@ -17,8 +17,10 @@ var ErrStopped = errors.New("orchestrator stopped")
 // Start runs the background actors: the result processor (queued results
 // from worker-only processes), the retry evaluator (timers armed when a
 // retry is scheduled, plus a periodic sweep for retries scheduled by
-// processes that died), and the lease rescuer (steps whose worker stopped
-// heartbeating). Start on a started orchestrator is a no-op.
+// processes that died), the lease rescuer (steps whose worker stopped
+// heartbeating) and the staleness sweeper (tasks past their lifecycle
+// limits go to the dead-letter queue). Start on a started orchestrator is a
+// no-op.
 func (o *Orchestrator) Start(ctx context.Context) error {
 	o.life.Lock()
 	defer o.life.Unlock()
@@ -31,7 +33,7 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	o.stop = func() { cancel(ErrStopped) }
 	o.done = make(chan struct{})
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context){o.runResults, o.runEvaluator, o.runSweeps} {
+	for _, run := range []func(context.Context){o.runResults, o.runEvaluator, o.runSweeps, o.runStaleness} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -73,7 +75,7 @@ func (o *Orchestrator) WakeResults() {
 }
 
 func (o *Orchestrator) runResults(ctx context.Context) {
-	tick := time.NewTicker(o.cfg.PollInterval)
+	tick := time.NewTicker(o.cfg.ResultPollInterval)
 	defer tick.Stop()
 	for {
 		for {
@@ -100,7 +102,9 @@ func (o *Orchestrator) runResults(ctx context.Context) {
 // processQueuedResults leases a batch of result messages, then processes
 // each task's results in a transaction of its own that also deletes their
 // messages. A task that fails to process keeps its messages leased: they
-// come back after ResultLease, and the rest of the batch is not held up.
+// come back after ResultLease, and the rest of the batch is not held up. A
+// message read MaxResultReads times that fails again goes to the
+// dead-letter queue instead.
 func (o *Orchestrator) processQueuedResults(ctx context.Context) (int, error) {
 	now := o.cfg.Now()
 	var msgs []store.QueueMessage
@@ -141,6 +145,7 @@ func (o *Orchestrator) processQueuedResults(ctx context.Context) (int, error) {
 			}
 			o.log.Error("process queued step results; retrying after the lease", "task_uuid", id,
 				"messages", len(group), "retry_in", o.cfg.ResultLease, "error", err)
+			o.deadLetterMessages(ctx, group, err)
 			continue
 		}
 		o.announce(eff)

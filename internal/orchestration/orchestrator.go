@@ -64,6 +64,10 @@ type Config struct {
 	// PollInterval is how often the result queue, due retries and expired
 	// leases are checked when nothing signals them. Default 1s.
 	PollInterval time.Duration
+	// ResultPollInterval, if set, replaces PollInterval for the result
+	// queue alone, so that a process that is told about queued results
+	// (LISTEN/NOTIFY) can poll for them rarely and still sweep as often.
+	ResultPollInterval time.Duration
 	// ResultLease is how long a claimed orchestration message stays
 	// invisible to other orchestrators. Default 30s.
 	ResultLease time.Duration
@@ -76,6 +80,25 @@ type Config struct {
 	Monitors *chanmon.Registry
 	// Events, if set, writes the durable domain events of step outcomes.
 	Events EventSink
+
+	// StalenessInterval is how often the staleness sweeper looks for stuck
+	// tasks. Default 1m; negative disables the sweeper.
+	StalenessInterval time.Duration
+	// MaxTaskDuration is how long a task may exist before it is stale,
+	// unless its template's lifecycle.max_duration_minutes says otherwise.
+	// Default 24h; negative disables the default limit.
+	MaxTaskDuration time.Duration
+	// MaxStepsInProcess, MaxWaitingForDependencies and MaxWaitingForRetry
+	// bound how long a task may stay in that state without progress (no
+	// change of the task or any of its steps), unless its template's
+	// lifecycle sets the limit. Default 1h each; negative disables.
+	MaxStepsInProcess         time.Duration
+	MaxWaitingForDependencies time.Duration
+	MaxWaitingForRetry        time.Duration
+	// MaxResultReads is how many times a queued step result may be read
+	// and fail processing before it moves to the dead-letter queue.
+	// Default 10; negative keeps retrying forever.
+	MaxResultReads int
 }
 
 // EventSink writes durable domain events in the orchestration transaction
@@ -101,6 +124,9 @@ func (c *Config) setDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
 	}
+	if c.ResultPollInterval <= 0 {
+		c.ResultPollInterval = c.PollInterval
+	}
 	if c.ResultLease <= 0 {
 		c.ResultLease = 30 * time.Second
 	}
@@ -109,6 +135,18 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&c.StalenessInterval, time.Minute}, {&c.MaxTaskDuration, 24 * time.Hour}, {&c.MaxStepsInProcess, time.Hour},
+		{&c.MaxWaitingForDependencies, time.Hour}, {&c.MaxWaitingForRetry, time.Hour}} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.MaxResultReads == 0 {
+		c.MaxResultReads = 10
 	}
 }
 

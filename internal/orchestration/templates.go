@@ -98,10 +98,6 @@ func checkSupported(t *template.Template) error {
 				Message: "batch_config is not supported by this engine yet"})
 		}
 	}
-	if t.Lifecycle != (template.Lifecycle{}) {
-		problems = append(problems, template.Problem{Template: t.Key(), Field: "lifecycle",
-			Message: "lifecycle thresholds are not enforced by this engine yet"})
-	}
 	if len(problems) > 0 {
 		return &template.ValidationError{Problems: problems}
 	}

@@ -27,6 +27,8 @@ type querier interface {
 type executor struct {
 	q    querier
 	inTx bool
+	// schema names the notification channels (see channelName).
+	schema string
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
@@ -499,7 +501,8 @@ func (e *executor) StepsDueForRetry(ctx context.Context, p store.StepsDueForRetr
 		limit = 100
 	}
 	rows, err := e.query(ctx, `SELECT DISTINCT task_uuid FROM tasker_steps
-		WHERE state = 'waiting_for_retry' AND (next_retry_at IS NULL OR next_retry_at <= $1) LIMIT $2`, orNow(p.Now), limit)
+		WHERE state = 'waiting_for_retry' AND (next_retry_at IS NULL OR next_retry_at <= $1)
+		AND task_uuid NOT IN (SELECT task_uuid FROM tasker_tasks WHERE state IN ('complete', 'error', 'cancelled', 'resolved_manually', 'blocked_by_failures')) LIMIT $2`, orNow(p.Now), limit)
 	out, err := collect(rows, err, func(r pgx.Rows) (string, error) {
 		var id string
 		err := r.Scan(&id)
@@ -531,12 +534,18 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 		}
 	}
 	// ORDER BY ord: IDs follow the order of Messages, which claims use to
-	// break priority ties.
-	if _, err := e.exec(ctx, `INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
-		SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, $1
-		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
-			WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, ord)
-		ORDER BY m.ord`, now, queues, tasks, steps, payloads, priorities, visible); err != nil {
+	// break priority ties. The same statement notifies each queue's
+	// channel once; PostgreSQL delivers the notifications when the rows
+	// become visible, at commit.
+	if _, err := e.exec(ctx, `WITH sent AS (
+			INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
+			SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, $1
+			FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
+				WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, ord)
+			ORDER BY m.ord
+		)
+		SELECT pg_notify(c, '') FROM unnest($8::text[]) AS c`,
+		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues)); err != nil {
 		return fmt.Errorf("send to queue %s: %w", p.Messages[0].Queue, err)
 	}
 	return nil
@@ -841,11 +850,14 @@ func (e *executor) EventsInsert(ctx context.Context, p store.EventsInsertParams)
 	for i, ev := range p.Events {
 		ids[i], names[i], tasks[i], steps[i], payloads[i] = ev.EventID, ev.Name, ev.TaskUUID, ev.StepUUID, jsonText(ev.Payload)
 	}
-	if _, err := e.exec(ctx, `INSERT INTO tasker_events (event_id, name, task_uuid, step_uuid, payload, created_at)
-		SELECT m.event_id, m.name, m.task_uuid, m.step_uuid, m.payload::jsonb, $1
-		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-			WITH ORDINALITY AS m(event_id, name, task_uuid, step_uuid, payload, ord)
-		ORDER BY m.ord`, now, ids, names, tasks, steps, payloads); err != nil {
+	if _, err := e.exec(ctx, `WITH inserted AS (
+			INSERT INTO tasker_events (event_id, name, task_uuid, step_uuid, payload, created_at)
+			SELECT m.event_id, m.name, m.task_uuid, m.step_uuid, m.payload::jsonb, $1
+			FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+				WITH ORDINALITY AS m(event_id, name, task_uuid, step_uuid, payload, ord)
+			ORDER BY m.ord
+		)
+		SELECT pg_notify($7, '')`, now, ids, names, tasks, steps, payloads, channelName(e.schema, store.EventsTopic)); err != nil {
 		return fmt.Errorf("insert events: %w", err)
 	}
 	return nil

@@ -54,6 +54,11 @@ type Config struct {
 	// driver opens at most 2×MaxConns connections. It overrides any
 	// pool_max_conns in URL. Default 10.
 	MaxConns int32
+	// ApplicationName is the application_name the driver's sessions show
+	// in pg_stat_activity; the session that waits for notifications (see
+	// Listen) shows it with the suffix "_listener". Default: the URL's
+	// application_name, else "tasker".
+	ApplicationName string
 }
 
 // Driver is the PostgreSQL store driver.
@@ -66,6 +71,8 @@ type Driver struct {
 	reader *pgxpool.Pool
 
 	readExec *executor
+	// listenConfig opens the dedicated connections of Listen.
+	listenConfig *pgx.ConnConfig
 
 	closeOnce sync.Once
 }
@@ -108,14 +115,26 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.MaxConns < 0 {
 		return nil, fmt.Errorf("postgres: Config.MaxConns must not be negative, got %d", cfg.MaxConns)
 	}
+	listenConfig, err := pgx.ParseConfig(cfg.URL)
+	if err != nil {
+		// The parse error may quote the URL, password included.
+		return nil, errors.New("postgres: Config.URL is not a valid connection string")
+	}
+	if cfg.ApplicationName == "" {
+		cfg.ApplicationName = listenConfig.RuntimeParams["application_name"]
+	}
+	if cfg.ApplicationName == "" {
+		cfg.ApplicationName = "tasker"
+	}
+	listenConfig.RuntimeParams["application_name"] = cfg.ApplicationName + "_listener"
 	newPool := func(readOnly bool) (*pgxpool.Pool, error) {
 		pc, err := pgxpool.ParseConfig(cfg.URL)
 		if err != nil {
-			// The parse error may quote the URL, password included.
 			return nil, errors.New("postgres: Config.URL is not a valid connection string")
 		}
 		pc.MaxConns = cfg.MaxConns
 		pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+		pc.ConnConfig.RuntimeParams["application_name"] = cfg.ApplicationName
 		if readOnly {
 			pc.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
 		}
@@ -139,8 +158,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		reader.Close()
 		return nil, fmt.Errorf("postgres: open: %w", mapErr(err))
 	}
-	d := &Driver{schema: cfg.Schema, pool: pool, reader: reader}
-	d.readExec = &executor{q: reader}
+	d := &Driver{schema: cfg.Schema, pool: pool, reader: reader, listenConfig: listenConfig}
+	d.readExec = &executor{q: reader, schema: cfg.Schema}
 	return d, nil
 }
 
@@ -173,7 +192,7 @@ func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapErr(err))
 	}
-	return &txExec{executor: executor{q: tx, inTx: true}, tx: tx, ctx: ctx}, nil
+	return &txExec{executor: executor{q: tx, inTx: true, schema: d.schema}, tx: tx, ctx: ctx}, nil
 }
 
 type txExec struct {

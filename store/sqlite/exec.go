@@ -499,7 +499,8 @@ func (e *executor) StepsDueForRetry(ctx context.Context, p store.StepsDueForRetr
 		limit = 100
 	}
 	rows, err := e.query(ctx, `SELECT DISTINCT task_uuid FROM tasker_steps
-		WHERE state = 'waiting_for_retry' AND (next_retry_at IS NULL OR next_retry_at <= ?) LIMIT ?`, tsOrNow(p.Now), limit)
+		WHERE state = 'waiting_for_retry' AND (next_retry_at IS NULL OR next_retry_at <= ?)
+		AND task_uuid NOT IN (SELECT task_uuid FROM tasker_tasks WHERE state IN ('complete', 'error', 'cancelled', 'resolved_manually', 'blocked_by_failures')) LIMIT ?`, tsOrNow(p.Now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("find retries due: %w", err)
 	}

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -104,7 +105,7 @@ func testEventsInsertAfter(s *suite) {
 			return err
 		}
 		return errRollback
-	}); err != errRollback {
+	}); !errors.Is(err, errRollback) {
 		s.t.Fatalf("rolled-back insert: %v", err)
 	}
 	s.insertEvents(at(4*time.Second), newEvents("c", 1)...)
@@ -121,7 +122,7 @@ func testEventsInsertAfter(s *suite) {
 	}
 }
 
-var errRollback = fmt.Errorf("storetest: roll back on purpose")
+var errRollback = errors.New("storetest: roll back on purpose")
 
 // testEventsDefaultLimit checks that a zero Limit reads at most 100.
 func testEventsDefaultLimit(s *suite) {
@@ -302,7 +303,7 @@ func testEventCursors(s *suite) {
 			return err
 		}
 		return errRollback
-	}); err != errRollback {
+	}); !errors.Is(err, errRollback) {
 		s.t.Fatalf("rolled-back cursor move: %v", err)
 	}
 	if pos := get("audit"); pos != 2 {

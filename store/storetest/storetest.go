@@ -86,6 +86,13 @@ var cases = []struct {
 	{"EventsPrune", testEventsPrune},
 	{"EventCursors", testEventCursors},
 
+	{"TasksStale", testTasksStale},
+	{"StepsDueForRetrySkipsSettledTasks", testStepsDueForRetrySkipsSettled},
+	{"DLQInsertGet", testDLQInsertGet},
+	{"DLQList", testDLQList},
+	{"DLQUpdate", testDLQUpdate},
+	{"DLQStats", testDLQStats},
+
 	{"TxRollback", testTxRollback},
 	{"TxCommit", testTxCommit},
 	{"ReaderIsReadOnly", testReaderIsReadOnly},
