@@ -67,6 +67,11 @@ func classify(err error, ctxCause error) *store.StepErrorInfo {
 	switch {
 	case errors.As(err, &nf):
 		return &store.StepErrorInfo{Type: store.ErrorTypeHandlerNotFound, Message: err.Error()}
+	case errors.Is(err, store.ErrUnavailable):
+		// A database outage seen by the handler (say, reading a dependency
+		// result) is never the step's own permanent failure, even when the
+		// handler wrapped it with Permanent: retry once the database is back.
+		return &store.StepErrorInfo{Type: store.ErrorTypeHandler, Message: err.Error(), Retryable: true}
 	case errors.As(err, &perm):
 		return &store.StepErrorInfo{Type: store.ErrorTypePermanent, Message: err.Error()}
 	case errors.As(err, &ra):

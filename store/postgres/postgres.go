@@ -307,6 +307,18 @@ func (d *Driver) Migrate(ctx context.Context) error {
 		version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL)`); err != nil {
 		return fmt.Errorf("postgres: migrate: %w", mapErr(err))
 	}
+	// A schema migrated by a newer build may not work with this one:
+	// refuse to start rather than run against tables it does not know.
+	var newest int
+	var newestName string
+	err = conn.QueryRow(ctx, `SELECT version, name FROM tasker_migrations ORDER BY version DESC LIMIT 1`).Scan(&newest, &newestName)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("postgres: migrate: %w", mapErr(err))
+	}
+	if latest := ms[len(ms)-1]; err == nil && newest > latest.version {
+		return fmt.Errorf("postgres: schema %s is at migration %d (%s), newer than this build's latest migration %d (%s): upgrade tasker",
+			d.schema, newest, newestName, latest.version, latest.name)
+	}
 	for _, m := range ms {
 		if err := applyMigration(ctx, conn.Conn(), m); err != nil {
 			return err

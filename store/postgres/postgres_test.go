@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tasker-go/tasker/store"
 	"github.com/tasker-go/tasker/store/postgres"
@@ -306,5 +307,29 @@ func TestSchemaIsolation(t *testing.T) {
 	}
 	if rows, err := a.Reader().TemplateList(ctx, store.TemplateListParams{}); err != nil || len(rows) != 1 {
 		t.Errorf("schema %s: %d templates, want 1 (err %v)", a.Schema(), len(rows), err)
+	}
+}
+
+// TestMigrateRefusesNewerSchema checks that a schema migrated by a newer
+// build is refused, naming the migration.
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	d := open(t, url, schema)
+	if err := d.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	if _, err := conn.Exec(t.Context(), `INSERT INTO `+pgx.Identifier{schema, "tasker_migrations"}.Sanitize()+
+		` (version, name, applied_at) VALUES (999, '0999_future.sql', now())`); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Migrate(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "migration 999 (0999_future.sql)") {
+		t.Fatalf("Migrate on a newer schema: %v, want an error naming migration 999", err)
 	}
 }

@@ -288,6 +288,22 @@ func (d *Driver) Migrate(ctx context.Context) error {
 		names = append(names, e.Name())
 	}
 	sort.Strings(names)
+	// A database migrated by a newer build may not work with this one:
+	// refuse to start rather than run against tables it does not know.
+	if len(names) > 0 {
+		latest, _ := strconv.Atoi(strings.SplitN(names[len(names)-1], "_", 2)[0])
+		var newest int
+		var newestName string
+		err := d.writer.QueryRowContext(ctx, `SELECT version, name FROM tasker_migrations ORDER BY version DESC LIMIT 1`).
+			Scan(&newest, &newestName)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("sqlite: migrate: %w", mapErr(err))
+		}
+		if err == nil && newest > latest {
+			return fmt.Errorf("sqlite: database %s is at migration %d (%s), newer than this build's latest migration %d (%s): upgrade tasker",
+				d.path, newest, newestName, latest, names[len(names)-1])
+		}
+	}
 	for _, name := range names {
 		version, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
 		if err != nil {

@@ -1,6 +1,7 @@
 package sqlite_test
 
 import (
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -280,5 +281,24 @@ func TestTwoDriversOnOneFile(t *testing.T) {
 				t.Errorf("driver %d: task %s has %d history rows, want 1", di, task, len(h))
 			}
 		}
+	}
+}
+
+// TestMigrateRefusesNewerSchema checks that a database migrated by a newer
+// build is refused, naming the migration.
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "newer.db")
+	d := open(t, path)
+	raw, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.Exec(`INSERT INTO tasker_migrations (version, name, applied_at) VALUES (999, '0999_future.sql', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Migrate(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "migration 999 (0999_future.sql)") {
+		t.Fatalf("Migrate on a newer database: %v, want an error naming migration 999", err)
 	}
 }
