@@ -100,6 +100,8 @@ func (e *Engine) startListening(ctx context.Context) {
 				Topics:    e.listenTopics(),
 				OnNotify:  e.onNotify,
 				OnConnect: e.catchUp,
+				// This engine wakes its own consumers after its commits.
+				IgnoreOwn: true,
 				OnError: func(err error, retryIn time.Duration) {
 					e.log.Warn("database listener disconnected; reconnecting", "error", err, "retry_in", retryIn)
 				},

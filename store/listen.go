@@ -40,4 +40,8 @@ type ListenParams struct {
 	// OnError, if set, is told why the connection was lost or could not
 	// be opened, and when the next attempt is made.
 	OnError func(err error, retryIn time.Duration)
+	// IgnoreOwn skips signals sent by transactions of this same driver:
+	// a caller that already wakes its own consumers in-process after each
+	// commit only needs other processes' signals.
+	IgnoreOwn bool
 }

@@ -543,3 +543,11 @@ type EventCursor struct {
 	Position     int64
 	UpdatedAt    time.Time
 }
+
+// QueueNamespace returns the namespace of a step queue.
+func QueueNamespace(q string) (string, bool) {
+	if !IsWorkerQueue(q) {
+		return "", false
+	}
+	return q[len(workerQueuePrefix):], true
+}

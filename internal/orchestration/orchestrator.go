@@ -603,6 +603,13 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 	if err != nil {
 		return err
 	}
+	return o.processLockedTask(ctx, tx, task, resultSteps, now, eff)
+}
+
+// processLockedTask is processTask for a task whose row tx already locked.
+func (o *Orchestrator) processLockedTask(ctx context.Context, tx store.Tx, task *store.TaskRow, resultSteps map[string]bool,
+	now time.Time, eff *effects) error {
+	taskUUID := task.UUID
 	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID, WithoutPayloads: true})
 	if err != nil {
 		return err
@@ -675,14 +682,16 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 		// Lock the tasks first, in a fixed order, as every orchestration
 		// transaction does, so that concurrent transactions on the same
 		// tasks wait for each other instead of deadlocking.
-		tasks := map[string]bool{}
+		tasks := map[string]*store.TaskRow{}
 		for _, c := range completions {
-			tasks[c.TaskUUID] = true
+			tasks[c.TaskUUID] = nil
 		}
 		for _, id := range sortedKeys(tasks) {
-			if _, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: id, ForUpdate: true}); err != nil {
+			row, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: id, ForUpdate: true})
+			if err != nil {
 				return err
 			}
+			tasks[id] = row
 		}
 		var err error
 		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: completions, Now: now})
@@ -700,13 +709,22 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			byTask[c.TaskUUID][c.StepUUID] = true
 		}
 		for _, id := range sortedKeys(byTask) {
-			if err := o.processTask(ctx, tx, id, byTask[id], now, eff); err != nil {
+			if err := o.processLockedTask(ctx, tx, tasks[id], byTask[id], now, eff); err != nil {
 				return err
 			}
 		}
 		if claim.Limit > 0 && len(claim.Queues) > 0 {
 			claim.Now = now
 			claimed, err = tx.StepsClaim(ctx, claim)
+			if err == nil && len(claimed) < claim.Limit {
+				// The claim emptied this worker's queues: waking it for the
+				// steps just enqueued would only cost an empty claim.
+				for _, q := range claim.Queues {
+					if ns, ok := store.QueueNamespace(q); ok {
+						delete(eff.namespaces, ns)
+					}
+				}
+			}
 		}
 		return err
 	})

@@ -185,6 +185,10 @@ type Worker struct {
 	// inFlight counts steps claimed (or reserved for a claim) whose result
 	// has not yet entered the completion channel.
 	inFlight atomic.Int64
+	// shed records that a claim was skipped because the completion channel
+	// was critically full, so that the completion processor wakes the claim
+	// loop once it has written a batch.
+	shed atomic.Bool
 
 	// handoffMu orders claims made by the completion processor against
 	// Stop closing the dispatch channel.
@@ -366,7 +370,7 @@ func (w *Worker) runClaims(ctx context.Context) {
 	defer tick.Stop()
 	backoff := 10 * time.Millisecond
 	for {
-		n, err := w.claimOnce(ctx)
+		n, full, err := w.claimOnce(ctx)
 		if err != nil && ctx.Err() == nil {
 			w.log.Error("claim steps", "error", err)
 			select {
@@ -378,7 +382,7 @@ func (w *Worker) runClaims(ctx context.Context) {
 			continue
 		}
 		backoff = 10 * time.Millisecond
-		if n > 0 {
+		if n > 0 && full {
 			continue // there may be more
 		}
 		select {
@@ -396,12 +400,10 @@ func (w *Worker) runClaims(ctx context.Context) {
 // (the claim loop and the completion processor) never overshoot together.
 func (w *Worker) reserve() int {
 	if w.completion.Stats().Level == chanmon.Critical {
+		w.shed.Store(true)
 		return 0
 	}
-	limit := int64(float64(w.cfg.Concurrency) * w.cfg.LoadShedThreshold)
-	if limit < 1 {
-		limit = 1
-	}
+	limit := w.claimLimit()
 	for {
 		cur := w.inFlight.Load()
 		n := min(limit-cur, int64(w.cfg.ClaimBatch))
@@ -414,6 +416,11 @@ func (w *Worker) reserve() int {
 	}
 }
 
+// claimLimit is how many steps may be in flight before claims stop.
+func (w *Worker) claimLimit() int64 {
+	return max(int64(float64(w.cfg.Concurrency)*w.cfg.LoadShedThreshold), 1)
+}
+
 func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 	w.queueMu.Lock()
 	queues := append([]string(nil), w.queues...)
@@ -424,15 +431,17 @@ func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 	return store.StepsClaimParams{Queues: queues, Limit: limit, Lease: w.cfg.StepLease, Owner: w.cfg.Owner, Now: time.Now()}
 }
 
-func (w *Worker) claimOnce(ctx context.Context) (int, error) {
+// claimOnce claims up to the free capacity and reports how many steps it
+// got and whether that filled the request (more may be waiting).
+func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 	n := w.reserve()
 	if n == 0 {
-		return 0, nil
+		return 0, false, nil
 	}
 	p := w.claimParams(n)
 	if p.Limit == 0 {
 		w.inFlight.Add(int64(-n))
-		return 0, nil
+		return 0, false, nil
 	}
 	var claimed []store.ClaimedStep
 	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
@@ -442,10 +451,10 @@ func (w *Worker) claimOnce(ctx context.Context) (int, error) {
 	})
 	if err != nil {
 		w.inFlight.Add(int64(-n))
-		return 0, err
+		return 0, false, err
 	}
 	w.accept(ctx, claimed, n)
-	return len(claimed), nil
+	return len(claimed), len(claimed) == n, nil
 }
 
 // accept hands claimed steps to the dispatcher and returns the unused part
@@ -486,8 +495,12 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 	left.Store(2)
 	settle := func() {
 		if left.Add(-1) == 0 {
-			w.inFlight.Add(-1)
-			w.Wake()
+			// Freed capacity matters only to a claim loop that found none:
+			// wake it when the count drops from the limit. Waking it on
+			// every step would cost an empty claim each time.
+			if w.inFlight.Add(-1) == w.claimLimit()-1 {
+				w.Wake()
+			}
 		}
 	}
 	res := w.runHandler(c, settle) // normally releases the permit before returning
@@ -671,6 +684,9 @@ func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
 		}
 	}
 	w.writeWithRetry(ctx, comps, w.writeBatch)
+	if w.shed.Swap(false) {
+		w.Wake()
+	}
 	w.leaseMu.Lock()
 	for _, c := range comps {
 		delete(w.leases, c.MessageID)

@@ -29,6 +29,8 @@ type executor struct {
 	inTx bool
 	// schema names the notification channels (see channelName).
 	schema string
+	// instance is the payload of this driver's notifications.
+	instance string
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
@@ -544,8 +546,8 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 				WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, ord)
 			ORDER BY m.ord
 		)
-		SELECT pg_notify(c, '') FROM unnest($8::text[]) AS c`,
-		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues)); err != nil {
+		SELECT pg_notify(c, $9) FROM unnest($8::text[]) AS c`,
+		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues), e.instance); err != nil {
 		return fmt.Errorf("send to queue %s: %w", p.Messages[0].Queue, err)
 	}
 	return nil
@@ -857,7 +859,7 @@ func (e *executor) EventsInsert(ctx context.Context, p store.EventsInsertParams)
 				WITH ORDINALITY AS m(event_id, name, task_uuid, step_uuid, payload, ord)
 			ORDER BY m.ord
 		)
-		SELECT pg_notify($7, '')`, now, ids, names, tasks, steps, payloads, channelName(e.schema, store.EventsTopic)); err != nil {
+		SELECT pg_notify($7, $8)`, now, ids, names, tasks, steps, payloads, channelName(e.schema, store.EventsTopic), e.instance); err != nil {
 		return fmt.Errorf("insert events: %w", err)
 	}
 	return nil

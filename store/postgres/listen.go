@@ -127,7 +127,7 @@ func (d *Driver) listenOnce(ctx context.Context, topics map[string]string, p sto
 		cancel()
 		switch {
 		case err == nil:
-			if t, ok := topics[n.Channel]; ok {
+			if t, ok := topics[n.Channel]; ok && !(p.IgnoreOwn && n.Payload == d.instance) {
 				p.OnNotify(t)
 			}
 		case ctx.Err() != nil:

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -64,6 +65,9 @@ type Config struct {
 // Driver is the PostgreSQL store driver.
 type Driver struct {
 	schema string
+	// instance marks this driver's notifications, so that its own
+	// listener can tell them from other processes'.
+	instance string
 	// pool runs transactions. reader runs Reader's queries on sessions
 	// whose transactions default to read-only, so that the database itself
 	// refuses a write through Reader.
@@ -159,7 +163,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("postgres: open: %w", mapErr(err))
 	}
 	d := &Driver{schema: cfg.Schema, pool: pool, reader: reader, listenConfig: listenConfig}
-	d.readExec = &executor{q: reader, schema: cfg.Schema}
+	d.instance = uuid.NewString()
+	d.readExec = &executor{q: reader, schema: cfg.Schema, instance: d.instance}
 	return d, nil
 }
 
@@ -192,7 +197,7 @@ func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapErr(err))
 	}
-	return &txExec{executor: executor{q: tx, inTx: true, schema: d.schema}, tx: tx, ctx: ctx}, nil
+	return &txExec{executor: executor{q: tx, inTx: true, schema: d.schema, instance: d.instance}, tx: tx, ctx: ctx}, nil
 }
 
 type txExec struct {
