@@ -29,6 +29,7 @@ type serveOptions struct {
 	concurrency    int
 	stepLease      time.Duration
 	pollInterval   time.Duration
+	deploymentMode string
 	drainTimeout   time.Duration
 }
 
@@ -42,6 +43,7 @@ var serveEnv = map[string]string{
 	"concurrency":     "TASKER_CONCURRENCY",
 	"step-lease":      "TASKER_STEP_LEASE",
 	"poll-interval":   "TASKER_POLL_INTERVAL",
+	"deployment-mode": "TASKER_DEPLOYMENT_MODE",
 	"drain-timeout":   "TASKER_DRAIN_TIMEOUT",
 }
 
@@ -84,6 +86,7 @@ signal exits at once.`,
 	f.IntVar(&opts.concurrency, "concurrency", 10, "how many step handlers run at once")
 	f.DurationVar(&opts.stepLease, "step-lease", 30*time.Second, "how long a claimed step stays owned without a heartbeat")
 	f.DurationVar(&opts.pollInterval, "poll-interval", 500*time.Millisecond, "how often to look for work without a wake-up")
+	f.StringVar(&opts.deploymentMode, "deployment-mode", "", "how work is found on PostgreSQL: hybrid (default), polling_only or event_driven_only")
 	f.DurationVar(&opts.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight handlers may run after SIGINT/SIGTERM")
 	for name, env := range serveEnv {
 		fl := f.Lookup(name)
@@ -143,7 +146,7 @@ func (a *app) serve(ctx context.Context, opts serveOptions) error {
 	eng, err := tasker.Open(ctx, tasker.Config{
 		DatabaseURL: opts.databaseURL, PostgresSchema: opts.postgresSchema, Logger: log,
 		Roles: roles, Namespaces: opts.namespaces, Concurrency: opts.concurrency,
-		StepLease: opts.stepLease, PollInterval: opts.pollInterval,
+		StepLease: opts.stepLease, PollInterval: opts.pollInterval, DeploymentMode: tasker.DeploymentMode(opts.deploymentMode),
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {

@@ -18,6 +18,15 @@ func TestServeRejectsUnknownRole(t *testing.T) {
 	}
 }
 
+func TestServeRejectsUnknownDeploymentMode(t *testing.T) {
+	t.Parallel()
+	code, _, errOut := runCLI(t, "serve", "--deployment-mode", "carrier_pigeon",
+		"--database-url", "sqlite://"+filepath.Join(t.TempDir(), "tasker.db"))
+	if code == 0 || !strings.Contains(errOut, "Config.DeploymentMode") || !strings.Contains(errOut, "carrier_pigeon") {
+		t.Fatalf("serve --deployment-mode carrier_pigeon exited %d:\n%s\nwant an error naming Config.DeploymentMode", code, errOut)
+	}
+}
+
 func TestServeRolesFromEnvironment(t *testing.T) {
 	t.Setenv("TASKER_ROLES", "worker,cook")
 	t.Setenv("TASKER_DATABASE_URL", "sqlite://"+filepath.Join(t.TempDir(), "tasker.db"))
