@@ -98,29 +98,9 @@ func openEventsEngine(tb testing.TB) (*tasker.Engine, *eventSink) {
 // no-event benchmark's.
 func BenchmarkEmbeddedLinear4Events(b *testing.B) {
 	eng, sink := openEventsEngine(b)
-	ctx := context.Background()
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench_events", Name: "linear4_events"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		start := time.Now()
-		done, err := eng.WaitTask(ctx, task.UUID)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, time.Since(start))
-		if done.State != "complete" {
-			b.Fatalf("task ended %s", done.State)
-		}
-	}
-	b.StopTimer()
+	lat := closedLoop(b, eng, tasker.TaskRequest{Namespace: "bench_events", Name: "linear4_events"})
 	sink.wait(b, 4*b.N)
-	slices.Sort(lat)
-	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50_ms")
-	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99_ms")
+	reportPercentiles(b, lat, "")
 }
 
 // BenchmarkEventRelayLag creates single-step tasks at about 50 per second
@@ -150,7 +130,6 @@ func BenchmarkEventRelayLag(b *testing.B) {
 	lag := sink.wait(b, b.N)
 	b.StopTimer()
 	slices.Sort(lag)
-	b.ReportMetric(float64(percentile(lag, 0.5).Microseconds())/1000, "lag_p50_ms")
-	b.ReportMetric(float64(percentile(lag, 0.99).Microseconds())/1000, "lag_p99_ms")
+	reportPercentiles(b, lag, "lag_")
 	b.ReportMetric(float64(lag[len(lag)-1].Microseconds())/1000, "lag_max_ms")
 }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -107,30 +106,10 @@ func reportStats(b *testing.B, before, after pgStats, steps int) {
 // task, and the transactions and WAL flushes per step.
 func latency(b *testing.B, name string, steps int) {
 	p := openPostgres(b, 10)
-	ctx := context.Background()
-	lat := make([]time.Duration, 0, b.N)
 	before := p.stats(b)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		task, err := p.eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench", Name: name})
-		if err != nil {
-			b.Fatal(err)
-		}
-		start := time.Now()
-		done, err := p.eng.WaitTask(ctx, task.UUID)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, time.Since(start))
-		if done.State != "complete" {
-			b.Fatalf("task ended %s", done.State)
-		}
-	}
-	b.StopTimer()
+	lat := closedLoop(b, p.eng, tasker.TaskRequest{Namespace: "bench", Name: name})
 	after := p.stats(b)
-	slices.Sort(lat)
-	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50_ms")
-	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99_ms")
+	reportPercentiles(b, lat, "")
 	reportStats(b, before, after, b.N*steps)
 }
 

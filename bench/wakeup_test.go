@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"math/rand/v2"
-	"slices"
 	"testing"
 	"time"
 
@@ -72,9 +71,7 @@ func BenchmarkPostgresWakeup(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			slices.Sort(lat)
-			b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50_ms")
-			b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99_ms")
+			reportPercentiles(b, lat, "")
 		})
 	}
 }
