@@ -143,8 +143,6 @@ func (n engineNotifier) StepsEnqueued([]string) {
 
 func (n engineNotifier) TaskChanged(taskUUID string, _ state.TaskState) { n.e.signalTask(taskUUID) }
 
-func (n engineNotifier) ResultsQueued() { n.e.orch.WakeResults() }
-
 // RegisterTemplate validates a YAML task template and stores it. A template
 // with problems is refused with all of them listed (errors.Is
 // ErrInvalidTemplate) and nothing is stored. Registering the same version

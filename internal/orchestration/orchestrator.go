@@ -47,8 +47,6 @@ type Notifier interface {
 	StepsEnqueued(namespaces []string)
 	// TaskChanged says that a task moved to a new state.
 	TaskChanged(taskUUID string, st state.TaskState)
-	// ResultsQueued says that step results wait in the orchestration queue.
-	ResultsQueued()
 }
 
 // Config configures an Orchestrator. Zero values take the documented

@@ -134,7 +134,6 @@ type recorder struct {
 	mu       sync.Mutex
 	enqueued [][]string
 	changes  []taskChange
-	results  int
 }
 
 func (r *recorder) StepsEnqueued(namespaces []string) {
@@ -147,12 +146,6 @@ func (r *recorder) TaskChanged(taskUUID string, st state.TaskState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.changes = append(r.changes, taskChange{taskUUID, st})
-}
-
-func (r *recorder) ResultsQueued() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.results++
 }
 
 func (r *recorder) snapshot() ([][]string, []taskChange) {
