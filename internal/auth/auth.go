@@ -19,7 +19,17 @@ var (
 
 // Authorizer decides whether a request may perform an action named by a
 // permission of the form "resource:action" (for example "tasks:create").
-// It must not read the request body.
+// It must not read the request body. On success it returns who made the
+// request, which the API records in audits of manual actions.
 type Authorizer interface {
-	Authorize(r *http.Request, permission string) error
+	Authorize(r *http.Request, permission string) (*Principal, error)
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	// Subject names the caller: an API key's name or a token's "sub".
+	Subject string
+	// Permissions are the caller's grants, "resource:action" or
+	// "resource:*" (or "*" for everything).
+	Permissions []string
 }
