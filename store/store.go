@@ -38,6 +38,7 @@ var (
 
 // Driver is a storage backend.
 type Driver interface {
+	Querier
 	// Name is the driver's short name ("sqlite", "postgres").
 	Name() string
 	// Migrate applies the embedded migrations that are not applied yet.
