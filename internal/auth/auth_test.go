@@ -1,6 +1,7 @@
 package auth_test
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -244,7 +247,7 @@ func TestErrorsHideSecrets(t *testing.T) {
 	other, _, _ := auth.GenerateAPIKey()
 	a := newAuth(t, auth.Config{Enabled: true,
 		APIKeys: []auth.APIKeyConfig{{Name: "k", Hash: h}},
-		JWT:     auth.JWTConfig{PublicKey: rsaPubPEM, Issuer: testIssuer, Audience: testAudience},
+		JWT:     auth.JWTConfig{PublicKeyPEM: rsaPubPEM, Issuer: testIssuer, Audience: testAudience},
 	})
 	expired := sign(t, jwt.SigningMethodRS256, rsaKey, "", with(goodClaims(nil), map[string]any{"exp": time.Now().Add(-time.Hour).Unix()}))
 	for _, secret := range []string{k, other, expired} {
@@ -271,7 +274,7 @@ func TestJWTStaticKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	rsaAuth := newAuth(t, auth.Config{Enabled: true, JWT: auth.JWTConfig{
-		PublicKey: rsaPubPEM, Issuer: testIssuer, Audience: testAudience,
+		PublicKeyPEM: rsaPubPEM, Issuer: testIssuer, Audience: testAudience,
 	}})
 	ecAuth := newAuth(t, auth.Config{Enabled: true, JWT: auth.JWTConfig{
 		PublicKeyFile: ecFile, Issuer: testIssuer, Audience: testAudience, Algorithms: []string{auth.ES256},
@@ -487,6 +490,37 @@ func TestJWKSUnavailable(t *testing.T) {
 	check(t, a, bearer(tok), auth.TasksRead, nil, "", "svc-orders")
 }
 
+func TestJWKSFailureLogHidesPassword(t *testing.T) {
+	t.Parallel()
+	testKeys(t)
+	srv := newJWKSServer(t)
+	srv.fail.Store(true)
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	a := newAuth(t, auth.Config{Enabled: true, Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil)),
+		JWT: auth.JWTConfig{
+			JWKSURL: strings.Replace(srv.URL, "http://", "http://svc:jwks-secret@", 1), Issuer: testIssuer, Audience: testAudience,
+		}})
+	tok := sign(t, jwt.SigningMethodES256, ecKey, "ec-1", goodClaims(nil))
+	check(t, a, bearer(tok), auth.TasksRead, auth.ErrUnauthenticated, "signing keys unavailable", "")
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "fetch JWKS failed") || strings.Contains(logs.String(), "jwks-secret") {
+		t.Fatalf("log should report the failure without the password:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
 // TestJWKSConcurrent exercises the cache from many goroutines during a
 // rotation, for the race detector.
 func TestJWKSConcurrent(t *testing.T) {
@@ -584,7 +618,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	t.Parallel()
 	testKeys(t)
 	_, hash, _ := auth.GenerateAPIKey()
-	jwtOK := auth.JWTConfig{PublicKey: rsaPubPEM, Issuer: testIssuer, Audience: testAudience}
+	jwtOK := auth.JWTConfig{PublicKeyPEM: rsaPubPEM, Issuer: testIssuer, Audience: testAudience}
 	mod := func(f func(*auth.JWTConfig)) auth.JWTConfig { j := jwtOK; f(&j); return j }
 	smallRSA, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
@@ -608,17 +642,17 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"two key sources", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.JWKSURL = "https://idp.example.com/jwks" })}, "auth.jwt: set only one"},
 		{"HS256 algorithm", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Algorithms = []string{"HS256"} })}, "auth.jwt.algorithms"},
 		{"none algorithm", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Algorithms = []string{"none"} })}, "auth.jwt.algorithms"},
-		{"key not allowed by algorithms", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Algorithms = []string{auth.ES256} })}, "auth.jwt.public_key: the key is for RS256"},
+		{"key not allowed by algorithms", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Algorithms = []string{auth.ES256} })}, "auth.jwt.public_key_pem: the key is for RS256"},
 		{"no issuer", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Issuer = "" })}, "auth.jwt.issuer"},
 		{"no audience", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Audience = "" })}, "auth.jwt.audience"},
 		{"huge leeway", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.Leeway = time.Hour })}, "auth.jwt.leeway"},
 		{"negative cache ttl", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.JWKSCacheTTL = -time.Second })}, "auth.jwt.jwks_cache_ttl"},
-		{"plain http JWKS", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = ""; j.JWKSURL = "http://idp.example.com/jwks" })}, "auth.jwt.jwks_url: must use https"},
-		{"not a PEM", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = "hello" })}, "auth.jwt.public_key: no PEM block"},
-		{"private key as public key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = string(privatePEM(t, ecKey)) })}, "auth.jwt.public_key: PEM block is a private key"},
-		{"short RSA key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = publicPEM(smallRSA.Public()) })}, "auth.jwt.public_key: RSA key has 1024 bits"},
-		{"P-384 key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = publicPEM(ecP384.Public()) })}, "auth.jwt.public_key: ECDSA key is on curve P-384"},
-		{"missing key file", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKey = ""; j.PublicKeyFile = "/nonexistent/key.pem" })}, "auth.jwt.public_key_file"},
+		{"plain http JWKS", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = ""; j.JWKSURL = "http://idp.example.com/jwks" })}, "auth.jwt.jwks_url: must use https"},
+		{"not a PEM", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = "hello" })}, "auth.jwt.public_key_pem: no PEM block"},
+		{"private key as public key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = string(privatePEM(t, ecKey)) })}, "auth.jwt.public_key_pem: PEM block is a private key"},
+		{"short RSA key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = publicPEM(smallRSA.Public()) })}, "auth.jwt.public_key_pem: RSA key has 1024 bits"},
+		{"P-384 key", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = publicPEM(ecP384.Public()) })}, "auth.jwt.public_key_pem: ECDSA key is on curve P-384"},
+		{"missing key file", auth.Config{Enabled: true, JWT: mod(func(j *auth.JWTConfig) { j.PublicKeyPEM = ""; j.PublicKeyFile = "/nonexistent/key.pem" })}, "auth.jwt.public_key_file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -652,7 +686,7 @@ func TestMintToken(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a := newAuth(t, auth.Config{Enabled: true, JWT: auth.JWTConfig{PublicKey: tc.pub, Issuer: testIssuer, Audience: testAudience}})
+			a := newAuth(t, auth.Config{Enabled: true, JWT: auth.JWTConfig{PublicKeyPEM: tc.pub, Issuer: testIssuer, Audience: testAudience}})
 			check(t, a, bearer(tok), auth.TasksCreate, nil, "", "ci")
 			check(t, a, bearer(tok), auth.StepsRead, auth.ErrForbidden, "lacks permission", "")
 			parsed, _, err := jwt.NewParser().ParseUnverified(tok, jwt.MapClaims{})

@@ -38,7 +38,7 @@ type Config struct {
 	// APIKeys are the keys accepted in the X-API-Key header. Default none.
 	APIKeys []APIKeyConfig `toml:"api_keys"`
 	// JWT configures bearer tokens. Tokens are accepted only when a key
-	// source (PublicKey, PublicKeyFile or JWKSURL) is set.
+	// source (PublicKeyPEM, PublicKeyFile or JWKSURL) is set.
 	JWT JWTConfig `toml:"jwt"`
 	// Logger receives JWKS refresh failures; default slog.Default().
 	Logger *slog.Logger `toml:"-"`
@@ -63,9 +63,9 @@ type JWTConfig struct {
 	// Algorithms a token may be signed with: "RS256", "ES256" or both.
 	// Default both.
 	Algorithms []string `toml:"algorithms"`
-	// PublicKey is a PEM public key (or certificate) verifying every
-	// token. Set at most one of PublicKey, PublicKeyFile and JWKSURL.
-	PublicKey string `toml:"public_key"`
+	// PublicKeyPEM is a PEM public key (or certificate) verifying every
+	// token. Set at most one of PublicKeyPEM, PublicKeyFile and JWKSURL.
+	PublicKeyPEM string `toml:"public_key_pem"`
 	// PublicKeyFile is a file holding a PEM public key (or certificate),
 	// read once by New.
 	PublicKeyFile string `toml:"public_key_file"`
@@ -98,7 +98,7 @@ type JWTConfig struct {
 
 // keySourceSet reports whether tokens are accepted at all.
 func (c *JWTConfig) keySourceSet() bool {
-	return c.PublicKey != "" || c.PublicKeyFile != "" || c.JWKSURL != ""
+	return c.PublicKeyPEM != "" || c.PublicKeyFile != "" || c.JWKSURL != ""
 }
 
 var keyNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -149,7 +149,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("auth.%s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	if len(c.APIKeys) == 0 && !c.JWT.keySourceSet() {
-		bad("enabled", "auth is enabled but no api_keys and no jwt key source (public_key, public_key_file, jwks_url) are configured, so no request could succeed")
+		bad("enabled", "auth is enabled but no api_keys and no jwt key source (public_key_pem, public_key_file, jwks_url) are configured, so no request could succeed")
 	}
 	names := map[string]bool{}
 	hashes := map[string]bool{}
@@ -179,13 +179,13 @@ func (c *Config) validate() error {
 		return errors.Join(errs...)
 	}
 	sources := 0
-	for _, s := range []string{j.PublicKey, j.PublicKeyFile, j.JWKSURL} {
+	for _, s := range []string{j.PublicKeyPEM, j.PublicKeyFile, j.JWKSURL} {
 		if s != "" {
 			sources++
 		}
 	}
 	if sources > 1 {
-		bad("jwt", "set only one of public_key, public_key_file and jwks_url")
+		bad("jwt", "set only one of public_key_pem, public_key_file and jwks_url")
 	}
 	for _, alg := range j.Algorithms {
 		if alg != RS256 && alg != ES256 {
@@ -223,7 +223,8 @@ func (c *Config) validate() error {
 func checkJWKSURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("not a URL: %v", err)
+		// url.Parse's error repeats the URL, which may hold a password.
+		return errors.New("not a valid URL")
 	}
 	switch u.Scheme {
 	case "https":
@@ -245,12 +246,12 @@ func checkJWKSURL(raw string) error {
 // loadStaticKey reads the configured PEM public key, if any.
 func (c *JWTConfig) loadStaticKey() (any, error) {
 	switch {
-	case c.PublicKey != "":
-		key, err := ParsePublicKeyPEM([]byte(c.PublicKey))
+	case c.PublicKeyPEM != "":
+		key, err := ParsePublicKeyPEM([]byte(c.PublicKeyPEM))
 		if err != nil {
-			return nil, fmt.Errorf("auth.jwt.public_key: %w", err)
+			return nil, fmt.Errorf("auth.jwt.public_key_pem: %w", err)
 		}
-		return key, c.checkKeyUsable(key, "public_key")
+		return key, c.checkKeyUsable(key, "public_key_pem")
 	case c.PublicKeyFile != "":
 		data, err := os.ReadFile(c.PublicKeyFile)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -103,7 +104,7 @@ func (s *keySet) refresh(ctx context.Context) {
 	defer s.mu.Unlock()
 	s.attemptedAt = now
 	if err != nil {
-		s.logger.WarnContext(ctx, "auth: fetch JWKS failed; keeping the previous keys", "url", s.url, "error", err)
+		s.logger.WarnContext(ctx, "auth: fetch JWKS failed; keeping the previous keys", "url", redactURL(s.url), "error", err)
 		return
 	}
 	s.keys = keys
@@ -136,6 +137,16 @@ func (s *keySet) fetch(ctx context.Context) (map[string]verifyKey, error) {
 		return nil, fmt.Errorf("response is larger than %d bytes", maxJWKSBytes)
 	}
 	return parseJWKS(body)
+}
+
+// redactURL hides a password in the URL's user info, which some
+// deployments use to reach a private JWKS endpoint.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 // jwk holds the members of a JSON Web Key (RFC 7517, 7518) this package
