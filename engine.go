@@ -52,6 +52,8 @@ type Engine struct {
 	waiters map[string]map[chan struct{}]struct{}
 
 	ancestorSets sync.Map // template key + step name -> map[string]bool
+
+	stepHooks stepHooks // OnStepFinished functions
 }
 
 // Open connects to the store selected by cfg.DatabaseURL and applies its

@@ -156,6 +156,7 @@ func (e *Engine) EventStats(ctx context.Context) EventStats {
 type fastEvents struct{ e *Engine }
 
 func (f fastEvents) OnHandlerComplete(ctx context.Context, r *worker.Result) {
+	f.e.stepFinished(r)
 	t, err := f.e.orch.Templates().Get(ctx, r.Step.Namespace, r.Step.TaskName, r.Step.Version)
 	if err != nil {
 		return
