@@ -88,6 +88,7 @@ temporary SQLite database and shows how each one ran.`,
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages to stderr")
 	root.AddCommand(newDemoCmd(a), newServeCmd(a), newTemplateCmd(a), newVersionCmd(a), newConfigCmd(a))
+	root.AddCommand(newAuthCmd(a))
 	return root
 }
 
