@@ -24,6 +24,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/tasker-go/tasker"
+	"github.com/tasker-go/tasker/internal/auth"
 	"github.com/tasker-go/tasker/store/postgres"
 )
 
@@ -36,7 +37,7 @@ type Config struct {
 	Worker        Worker        `toml:"worker"`
 	Events        Events        `toml:"events"`
 	API           API           `toml:"api"`
-	Auth          Auth          `toml:"auth"`
+	Auth          auth.Config   `toml:"auth"`
 	Logging       Logging       `toml:"logging"`
 
 	// sources maps a key ("worker.max_concurrent_handlers") to where its
@@ -101,32 +102,6 @@ type API struct {
 	PublicMetrics bool     `toml:"public_metrics"`
 }
 
-// Auth configures authentication of API requests.
-type Auth struct {
-	Enabled bool     `toml:"enabled"`
-	JWT     JWT      `toml:"jwt"`
-	APIKeys []APIKey `toml:"api_keys"`
-}
-
-// APIKey is an API key the server accepts: its name, the hash of the
-// secret (never the secret itself) and what it may do.
-type APIKey struct {
-	Name        string   `toml:"name" json:"name"`
-	Hash        string   `toml:"hash" json:"hash"`
-	Permissions []string `toml:"permissions" json:"permissions"`
-}
-
-// JWT configures the bearer tokens the server accepts.
-type JWT struct {
-	PublicKeyFile    string   `toml:"public_key_file"`
-	PublicKeyPEM     string   `toml:"public_key_pem"`
-	JWKSURL          string   `toml:"jwks_url"`
-	Issuer           string   `toml:"issuer"`
-	Audience         string   `toml:"audience"`
-	Algorithms       []string `toml:"algorithms"`
-	PermissionsClaim string   `toml:"permissions_claim"`
-}
-
 // Logging configures the logs written to stderr.
 type Logging struct {
 	Level  string `toml:"level"`
@@ -183,12 +158,15 @@ func Default() *Config {
 			PublicHealth:  true,
 			PublicMetrics: true,
 		},
-		Auth: Auth{
-			JWT: JWT{
-				Algorithms:       []string{"RS256", "ES256"},
-				PermissionsClaim: "permissions",
+		Auth: auth.Config{
+			JWT: auth.JWTConfig{
+				Algorithms:             []string{auth.RS256, auth.ES256},
+				PermissionsClaim:       auth.DefaultPermissionsClaim,
+				JWKSCacheTTL:           auth.DefaultJWKSCacheTTL,
+				JWKSMinRefreshInterval: auth.DefaultJWKSMinRefreshInterval,
+				Leeway:                 auth.DefaultLeeway,
 			},
-			APIKeys: []APIKey{},
+			APIKeys: []auth.APIKeyConfig{},
 		},
 		Logging: Logging{Level: "info", Format: "text"},
 	}
@@ -421,46 +399,41 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validateAuth applies the auth package's own checks, whose errors name
+// the key ("auth.api_keys[0].hash: …"), and adds where the value came from.
 func (c *Config) validateAuth() []error {
-	var errs []error
-	check := func(ok bool, key, format string, args ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf("%s: %s %s", c.Source(key), key, fmt.Sprintf(format, args...)))
-		}
-	}
 	a := c.Auth
-	j := a.JWT
-	keySources := 0
-	for _, s := range []string{j.PublicKeyFile, j.PublicKeyPEM, j.JWKSURL} {
-		if s != "" {
-			keySources++
+	a.Logger = slog.New(slog.DiscardHandler)
+	_, err := auth.New(a)
+	if err == nil {
+		return nil
+	}
+	var errs []error
+	for _, line := range strings.Split(err.Error(), "\n") {
+		key, _, _ := strings.Cut(line, ":")
+		if i := strings.IndexByte(key, '['); i >= 0 {
+			key = key[:i]
 		}
-	}
-	check(keySources <= 1, "auth.jwt", "must set only one of public_key_file, public_key_pem and jwks_url")
-	if j.JWKSURL != "" {
-		u, err := url.Parse(j.JWKSURL)
-		check(err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "", "auth.jwt.jwks_url",
-			"must be an http:// or https:// URL, got %q", redactURL(j.JWKSURL))
-	}
-	check(len(j.Algorithms) > 0, "auth.jwt.algorithms", "must name at least one algorithm (RS256, ES256)")
-	for _, alg := range j.Algorithms {
-		check(alg == "RS256" || alg == "ES256", "auth.jwt.algorithms", "has unsupported algorithm %q (want RS256 or ES256)", alg)
-	}
-	check(j.PermissionsClaim != "", "auth.jwt.permissions_claim", "must not be empty")
-	names := map[string]bool{}
-	for i, k := range a.APIKeys {
-		check(k.Name != "", "auth.api_keys", "entry %d has no name", i+1)
-		check(k.Hash != "", "auth.api_keys", "entry %q has no hash", k.Name)
-		check(!names[k.Name], "auth.api_keys", "has two keys named %q", k.Name)
-		names[k.Name] = true
-		for _, p := range k.Permissions {
-			check(p == "*" || strings.Count(p, ":") == 1 && !strings.HasPrefix(p, ":") && !strings.HasSuffix(p, ":"),
-				"auth.api_keys", "entry %q has permission %q, want resource:action, resource:* or *", k.Name, p)
+		src := c.Source(key)
+		if _, ok := fieldByKey(key); !ok {
+			src = c.authSource()
 		}
+		errs = append(errs, fmt.Errorf("%s: %s", src, line))
 	}
-	check(!a.Enabled || len(a.APIKeys) > 0 || keySources > 0, "auth.enabled",
-		"is true but no credentials are configured: set auth.api_keys or one of auth.jwt.public_key_file, public_key_pem, jwks_url")
 	return errs
+}
+
+// authSource names where the auth settings came from when an error is
+// about the section rather than one key.
+func (c *Config) authSource() string {
+	for _, f := range fields() {
+		if strings.HasPrefix(f.key, "auth.") {
+			if s, ok := c.sources[f.key]; ok {
+				return s
+			}
+		}
+	}
+	return "default"
 }
 
 // checkDatabaseURL accepts the URLs tasker.Open accepts.
@@ -563,9 +536,9 @@ func (c *Config) Redacted() *Config {
 	r := *c
 	r.Store.DatabaseURL = redactURL(c.Store.DatabaseURL)
 	r.Auth.JWT.JWKSURL = redactURL(c.Auth.JWT.JWKSURL)
-	r.Auth.APIKeys = make([]APIKey, len(c.Auth.APIKeys))
+	r.Auth.APIKeys = make([]auth.APIKeyConfig, len(c.Auth.APIKeys))
 	for i, k := range c.Auth.APIKeys {
-		r.Auth.APIKeys[i] = APIKey{Name: k.Name, Hash: redacted, Permissions: slices.Clone(k.Permissions)}
+		r.Auth.APIKeys[i] = auth.APIKeyConfig{Name: k.Name, Hash: redacted, Permissions: slices.Clone(k.Permissions)}
 	}
 	return &r
 }

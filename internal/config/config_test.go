@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tasker-go/tasker"
+	"github.com/tasker-go/tasker/internal/auth"
 )
 
 // env returns a LookupEnv over a fixed map, so tests do not touch the
@@ -104,7 +105,7 @@ enabled = true
 
 [[auth.api_keys]]
 name = "ops"
-hash = "abc"
+hash = "`+auth.HashAPIKey("tsk_test")+`"
 permissions = ["tasks:*"]
 `)
 	c, err := Load(Options{File: path, LookupEnv: env(nil)})
@@ -169,7 +170,7 @@ func TestEnvironmentLists(t *testing.T) {
 		"TASKER_WORKER_ROLES":  "worker",
 		"TASKER_NAMESPACES":    "math, orders,",
 		"TASKER_AUTH_ENABLED":  "true",
-		"TASKER_AUTH_API_KEYS": `[{"name":"ci","hash":"h","permissions":["tasks:read"]}]`,
+		"TASKER_AUTH_API_KEYS": `[{"name":"ci","hash":"` + auth.HashAPIKey("tsk_ci") + `","permissions":["tasks:read"]}]`,
 	})})
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +227,9 @@ func TestBadValues(t *testing.T) {
 		{name: "bad log format", file: "[logging]\nformat = \"xml\"\n",
 			want: []string{":2: logging.format must be text or json"}},
 		{name: "auth without credentials", file: "[auth]\nenabled = true\n",
-			want: []string{":2: auth.enabled is true but no credentials are configured"}},
+			want: []string{":2: auth.enabled: auth is enabled but no api_keys"}},
+		{name: "bad API key hash", file: "[auth]\nenabled = true\n\n[[auth.api_keys]]\nname = \"ops\"\nhash = \"md5:00\"\n",
+			want: []string{":4: auth.api_keys[0].hash: must start with \"sha256:\""}},
 		{name: "bad duration in env", env: map[string]string{"TASKER_WORKER_DRAIN_TIMEOUT": "forever"},
 			want: []string{"TASKER_WORKER_DRAIN_TIMEOUT: worker.drain_timeout: \"forever\" is not a duration"}},
 		{name: "negative count in env", env: map[string]string{"TASKER_CONCURRENCY": "-4"},

@@ -65,17 +65,20 @@ var keyDocs = map[string]string{
 	"api.public_health":  "Serve /health/* without credentials when auth is enabled.",
 	"api.public_metrics": "Serve /metrics without credentials when auth is enabled.",
 
-	"auth.enabled":               "Require credentials (X-API-Key header or Authorization: Bearer token) on every API request.",
-	"auth.jwt.public_key_file":   "PEM file holding the public key that signs tokens.",
-	"auth.jwt.public_key_pem":    "The public key itself, PEM-encoded.",
-	"auth.jwt.jwks_url":          "URL of a JWKS document holding the signing keys.",
-	"auth.jwt.issuer":            `Required "iss" claim; empty accepts any issuer.`,
-	"auth.jwt.audience":          `Required "aud" claim; empty accepts any audience.`,
-	"auth.jwt.algorithms":        "Signature algorithms accepted: RS256, ES256.",
-	"auth.jwt.permissions_claim": "Claim holding the token's permissions, a list of resource:action strings.",
-	"auth.api_keys":              "API keys: a name, the hash of the secret (from `tasker auth create-key`) and permissions such as tasks:create, tasks:* or *. In the environment, a JSON array.",
-	"logging.level":              "debug, info, warn or error.",
-	"logging.format":             "text or json.",
+	"auth.enabled":                       "Require credentials (X-API-Key header or Authorization: Bearer token) on every API request.",
+	"auth.jwt.public_key_file":           "PEM file holding the public key (or certificate) that verifies tokens.",
+	"auth.jwt.public_key_pem":            "The public key (or certificate) itself, PEM-encoded.",
+	"auth.jwt.jwks_url":                  "https URL (http only for localhost) of a JWKS document holding the signing keys; a token's kid picks its key.",
+	"auth.jwt.issuer":                    `Value a token's "iss" must have; required when tokens are accepted.`,
+	"auth.jwt.audience":                  `Value a token's "aud" must include; required when tokens are accepted.`,
+	"auth.jwt.algorithms":                "Signature algorithms accepted: RS256, ES256.",
+	"auth.jwt.permissions_claim":         "Claim holding the token's permissions: a list of resource:action strings, or one space-separated string.",
+	"auth.jwt.jwks_cache_ttl":            "How long a fetched JWKS is used before it is fetched again.",
+	"auth.jwt.jwks_min_refresh_interval": `How often at most a token with an unknown "kid" makes the JWKS be fetched again.`,
+	"auth.jwt.leeway":                    `Clock skew tolerated when checking "exp" and "nbf" (at most 5m).`,
+	"auth.api_keys":                      "API keys: a name, the hash of the secret (from `tasker auth create-key`) and permissions such as tasks:create, tasks:* or *. In the environment, a JSON array.",
+	"logging.level":                      "debug, info, warn or error.",
+	"logging.format":                     "text or json.",
 }
 
 // Example returns the commented example configuration: every key, set to
@@ -146,7 +149,7 @@ func (c *Config) encodeAPIKeys(b *bytes.Buffer, f field, docs bool) {
 		comment(b, keyDocs[f.key]+" Env: "+envNames(f)+".")
 	}
 	if len(keys) == 0 {
-		b.WriteString("# [[auth.api_keys]]\n# name = \"ops\"\n# hash = \"...\"\n# permissions = [\"tasks:*\", \"steps:*\", \"dlq:*\"]\n\n")
+		b.WriteString("# [[auth.api_keys]]\n# name = \"ops\"\n# hash = \"sha256:...\"\n# permissions = [\"tasks:*\", \"steps:*\", \"dlq:*\"]\n\n")
 		return
 	}
 	for i, k := range keys {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tasker-go/tasker/internal/auth"
 )
 
 type kind int
@@ -50,7 +52,7 @@ var envAliases = map[string][]string{
 
 var (
 	durationType = reflect.TypeFor[time.Duration]()
-	apiKeysType  = reflect.TypeFor[[]APIKey]()
+	apiKeysType  = reflect.TypeFor[[]auth.APIKeyConfig]()
 	fieldsOnce   = sync.OnceValue(collectFields)
 )
 
@@ -72,7 +74,7 @@ func collectFields() []field {
 		for i := range t.NumField() {
 			sf := t.Field(i)
 			name := sf.Tag.Get("toml")
-			if !sf.IsExported() || name == "" {
+			if !sf.IsExported() || name == "" || name == "-" {
 				continue
 			}
 			p := append(append([]string(nil), path...), name)
@@ -166,14 +168,14 @@ func (c *Config) set(f field, s, source string) error {
 		}
 		v.Set(reflect.ValueOf(items))
 	case kindAPIKeys:
-		var keys []APIKey
+		var keys []auth.APIKeyConfig
 		dec := json.NewDecoder(strings.NewReader(s))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&keys); err != nil {
 			return fmt.Errorf("%s: %s: want a JSON array of {\"name\", \"hash\", \"permissions\"}: %v", source, f.key, err)
 		}
 		if keys == nil {
-			keys = []APIKey{}
+			keys = []auth.APIKeyConfig{}
 		}
 		v.Set(reflect.ValueOf(keys))
 	}
