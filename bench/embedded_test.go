@@ -1,35 +1,15 @@
-// Package bench measures Tasker's speed and memory. It is a separate module
-// so that the engine never depends on the peers it is compared with.
-//
-//	go test -run XXX -bench . -benchtime 2000x ./...
-package bench
+package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tasker-go/tasker"
 )
-
-func chainYAML(name string, steps int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "name: %s\nnamespace_name: bench\nversion: 1.0.0\nidentity_strategy: always_unique\nsteps:\n", name)
-	for i := 1; i <= steps; i++ {
-		fmt.Fprintf(&b, "  - name: s%d\n    handler: {callable: bench.noop}\n", i)
-		if i > 1 {
-			fmt.Fprintf(&b, "    dependencies: [s%d]\n", i-1)
-		}
-	}
-	return b.String()
-}
 
 func openEngine(tb testing.TB, concurrency int) *tasker.Engine {
 	tb.Helper()
@@ -52,14 +32,6 @@ func openEngine(tb testing.TB, concurrency int) *tasker.Engine {
 		tb.Fatal(err)
 	}
 	return eng
-}
-
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(float64(len(sorted)-1) * p)
-	return sorted[i]
 }
 
 // BenchmarkEmbeddedLinear4 is the end-to-end latency of a four-step chain of
@@ -159,20 +131,4 @@ func BenchmarkEmbeddedMemory1000x10(b *testing.B) {
 		}
 	}
 	b.ReportMetric(peakRSSMB(), "peak_rss_MB")
-}
-
-// peakRSSMB reads VmHWM, the peak resident set size, from /proc.
-func peakRSSMB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			f := strings.Fields(line)
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return -1
 }

@@ -1,4 +1,4 @@
-package bench
+package main
 
 import (
 	"context"
@@ -17,25 +17,6 @@ import (
 // Transactions are counted from pg_stat_database (the whole database) and
 // WAL flushes from pg_stat_wal (the whole server): run them on a server
 // nothing else uses for exact numbers.
-
-const diamond4YAML = `
-name: diamond4
-namespace_name: bench
-version: 1.0.0
-identity_strategy: always_unique
-steps:
-  - name: a
-    handler: {callable: bench.noop}
-  - name: b
-    handler: {callable: bench.noop}
-    dependencies: [a]
-  - name: c
-    handler: {callable: bench.noop}
-    dependencies: [a]
-  - name: d
-    handler: {callable: bench.noop}
-    dependencies: [b, c]
-`
 
 // pgBench is an engine on a fresh schema and a connection for statistics.
 type pgBench struct {
