@@ -45,7 +45,7 @@ var (
 	rsaPubPEM, ecPubP string
 )
 
-func testKeys(t *testing.T) {
+func testKeys(t testing.TB) {
 	t.Helper()
 	keysOnce.Do(func() {
 		var err error
@@ -701,4 +701,42 @@ func TestMintToken(t *testing.T) {
 	if _, err := auth.MintToken(privatePEM(t, ecKey), auth.TokenParams{Subject: "x"}); err == nil {
 		t.Error("MintToken accepted a zero TTL")
 	}
+}
+
+// FuzzAuthorizeHeaders feeds arbitrary credentials to an authenticator that
+// accepts both kinds: nothing may panic, succeed, or fail with anything but
+// ErrUnauthenticated.
+func FuzzAuthorizeHeaders(f *testing.F) {
+	testKeys(f)
+	a, err := auth.New(auth.Config{Enabled: true,
+		APIKeys: []auth.APIKeyConfig{{Name: "k", Hash: auth.HashAPIKey("tsk_known"), Permissions: []string{"*"}}},
+		JWT:     auth.JWTConfig{PublicKeyPEM: rsaPubPEM, Issuer: testIssuer, Audience: testAudience},
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
+	f.Add("", "Bearer a.b.c")
+	f.Add("", "bearer  ")
+	f.Add("tsk_unknown", "")
+	f.Add("", "Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6MX0.e30.AAAA")
+	f.Fuzz(func(t *testing.T, key, authz string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		if key != "" {
+			r.Header.Set("X-API-Key", key)
+		}
+		if authz != "" {
+			r.Header.Set("Authorization", authz)
+		}
+		_, err := a.Authorize(r, auth.TasksRead)
+		if key == "tsk_known" && authz == "" {
+			if err != nil {
+				t.Fatalf("known key refused: %v", err)
+			}
+			return
+		}
+		if !errors.Is(err, auth.ErrUnauthenticated) {
+			t.Fatalf("Authorize(%q, %q) = %v, want ErrUnauthenticated", key, authz, err)
+		}
+	})
 }
