@@ -130,7 +130,16 @@ func (c Config) withDefaults() Config {
 		j.Leeway = DefaultLeeway
 	}
 	if j.HTTPClient == nil {
-		j.HTTPClient = &http.Client{Timeout: jwksFetchTimeout}
+		j.HTTPClient = &http.Client{
+			Timeout: jwksFetchTimeout,
+			// A redirect must not downgrade the fetch to plain http.
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if len(via) >= 5 {
+					return errors.New("too many redirects")
+				}
+				return checkJWKSURL(req.URL.String())
+			},
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
