@@ -143,7 +143,7 @@ func (c *cluster) start(role string, extraEnv ...string) *serveProc {
 	cmd.Env = append(os.Environ(), serveChildEnv+"=1",
 		"TASKER_DATABASE_URL="+c.url, "TASKER_POSTGRES_SCHEMA="+c.schema, "TASKER_ROLES="+role,
 		"TASKER_STEP_LEASE="+clusterLease.String(), "TASKER_POLL_INTERVAL=100ms",
-		"TASKER_CONCURRENCY=16", "TASKER_DRAIN_TIMEOUT=20s")
+		"TASKER_CONCURRENCY=16", "TASKER_DRAIN_TIMEOUT=20s", "TASKER_API_ADDR=127.0.0.1:0")
 	cmd.Env = append(cmd.Env, extraEnv...)
 	p := &serveProc{role: role, cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

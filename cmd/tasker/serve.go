@@ -4,153 +4,134 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/tasker-go/tasker"
 	"github.com/tasker-go/tasker/examples"
+	"github.com/tasker-go/tasker/internal/config"
 	"github.com/tasker-go/tasker/store"
 )
 
 type serveOptions struct {
-	databaseURL    string
-	postgresSchema string
-	roles          []string
-	namespaces     []string
-	concurrency    int
-	stepLease      time.Duration
-	pollInterval   time.Duration
-	deploymentMode string
-	drainTimeout   time.Duration
+	configFile string
 }
 
-// serveEnv maps each serve flag to the environment variable that sets it
-// when the flag is not given.
-var serveEnv = map[string]string{
-	"database-url":    "TASKER_DATABASE_URL",
-	"postgres-schema": "TASKER_POSTGRES_SCHEMA",
-	"roles":           "TASKER_ROLES",
-	"namespaces":      "TASKER_NAMESPACES",
-	"concurrency":     "TASKER_CONCURRENCY",
-	"step-lease":      "TASKER_STEP_LEASE",
-	"poll-interval":   "TASKER_POLL_INTERVAL",
-	"deployment-mode": "TASKER_DEPLOYMENT_MODE",
-	"drain-timeout":   "TASKER_DRAIN_TIMEOUT",
+// serveFlags maps each serve flag to the configuration key it sets. The
+// key's TASKER_<SECTION>_<KEY> variable, and the older variable the flag
+// used to name (TASKER_DATABASE_URL…), set it when the flag is not given.
+var serveFlags = map[string]string{
+	"addr":            "api.addr",
+	"templates":       "api.templates",
+	"database-url":    "store.database_url",
+	"postgres-schema": "store.postgres_schema",
+	"roles":           "worker.roles",
+	"namespaces":      "worker.namespaces",
+	"concurrency":     "worker.max_concurrent_handlers",
+	"step-lease":      "orchestration.step_lease",
+	"poll-interval":   "orchestration.poll_interval",
+	"deployment-mode": "worker.deployment_mode",
+	"drain-timeout":   "worker.drain_timeout",
 }
 
 func newServeCmd(a *app) *cobra.Command {
 	var opts serveOptions
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run an orchestrator and a worker for the bundled example workflows",
-		Long: `Serve runs Tasker until it receives SIGINT or SIGTERM: by default both roles
-(the orchestrator and a worker with the bundled example handlers) on the
-SQLite file ./tasker.db.
+		Short: "Run the HTTP API, an orchestrator and a worker for the bundled example workflows",
+		Long: `Serve runs Tasker until it receives SIGINT or SIGTERM: by default the HTTP
+API on 127.0.0.1:8080 and both roles (the orchestrator and a worker with the
+bundled example handlers) on the SQLite file ./tasker.db.
 
 Point several serve processes at one PostgreSQL database to run a cluster;
 --roles picks what each process runs: "orchestrator" (processes results,
 runs due retries, rescues steps whose worker died), "worker" (runs
 handlers), or both.
 
-Every flag can also be set by the environment variable named in its help;
-a flag given on the command line wins.
+Settings come from the configuration file (--config or $TASKER_CONFIG; see
+"tasker config example"), then the TASKER_* environment variables, then
+the flags, each overriding the one before. Every flag names its variable in
+its help.
 
-On SIGINT or SIGTERM, serve stops claiming steps, lets the handlers in
-flight finish within --drain-timeout, and exits 0. Steps still running past
-the budget are left to their leases and run again elsewhere. A second
-signal exits at once.`,
+On SIGINT or SIGTERM, serve stops accepting HTTP requests, stops claiming
+steps, lets the handlers in flight finish within --drain-timeout, and exits
+0. Steps still running past the budget are left to their leases and run
+again elsewhere. A second signal exits at once.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := flagsFromEnv(cmd.Flags()); err != nil {
+			cfg, err := loadConfig(cmd, opts.configFile, serveFlags)
+			if err != nil {
 				return err
 			}
-			return a.serve(cmd.Context(), opts)
+			return a.serve(cmd.Context(), cfg)
 		},
 	}
+	d := config.Default()
 	f := cmd.Flags()
-	f.StringVar(&opts.databaseURL, "database-url", "", "database `URL`: sqlite://FILE or postgres://… (default sqlite://tasker.db)")
-	f.StringVar(&opts.postgresSchema, "postgres-schema", "", "PostgreSQL `SCHEMA` holding Tasker's tables (default tasker)")
-	f.StringSliceVar(&opts.roles, "roles", []string{string(tasker.RoleOrchestrator), string(tasker.RoleWorker)},
-		"comma-separated `ROLES` to run: orchestrator, worker")
-	f.StringSliceVar(&opts.namespaces, "namespaces", nil,
+	f.StringVar(&opts.configFile, "config", "", "configuration `FILE` [$TASKER_CONFIG]")
+	f.String("addr", d.API.Addr, "`HOST:PORT` the HTTP API listens on")
+	f.StringArray("templates", nil, "register every task template under `DIR` at start (repeatable)")
+	f.String("database-url", d.Store.DatabaseURL, "database `URL`: sqlite://FILE or postgres://…")
+	f.String("postgres-schema", d.Store.PostgresSchema, "PostgreSQL `SCHEMA` holding Tasker's tables")
+	f.StringSlice("roles", d.Worker.Roles, "comma-separated `ROLES` to run: orchestrator, worker")
+	f.StringSlice("namespaces", nil,
 		"comma-separated `NAMESPACES` the worker claims (default: every namespace with a bundled handler)")
-	f.IntVar(&opts.concurrency, "concurrency", 10, "how many step handlers run at once")
-	f.DurationVar(&opts.stepLease, "step-lease", 30*time.Second, "how long a claimed step stays owned without a heartbeat")
-	f.DurationVar(&opts.pollInterval, "poll-interval", 500*time.Millisecond, "how often to look for work without a wake-up")
-	f.StringVar(&opts.deploymentMode, "deployment-mode", "", "how work is found on PostgreSQL: hybrid (default), polling_only or event_driven_only")
-	f.DurationVar(&opts.drainTimeout, "drain-timeout", 30*time.Second, "how long in-flight handlers may run after SIGINT/SIGTERM")
-	for name, env := range serveEnv {
-		fl := f.Lookup(name)
-		fl.Usage += " [$" + env + "]"
-	}
+	f.Int("concurrency", d.Worker.MaxConcurrentHandlers, "how many step handlers run at once")
+	f.Duration("step-lease", d.Orchestration.StepLease, "how long a claimed step stays owned without a heartbeat")
+	f.Duration("poll-interval", d.Orchestration.PollInterval, "how often to look for work without a wake-up")
+	f.String("deployment-mode", d.Worker.DeploymentMode, "how work is found on PostgreSQL: hybrid, polling_only or event_driven_only")
+	f.Duration("drain-timeout", d.Worker.DrainTimeout, "how long in-flight handlers may run after SIGINT/SIGTERM")
+	describeEnv(f, serveFlags)
 	return cmd
 }
 
-// flagsFromEnv sets each flag that was not given on the command line from
-// its environment variable, if that is set.
-func flagsFromEnv(fs *pflag.FlagSet) error {
-	var errs []error
-	fs.VisitAll(func(fl *pflag.Flag) {
-		env, ok := serveEnv[fl.Name]
-		if !ok || fl.Changed {
-			return
-		}
-		v, ok := os.LookupEnv(env)
+// describeEnv appends to each flag's help the variables that set its key.
+func describeEnv(fs *pflag.FlagSet, flags map[string]string) {
+	for name, key := range flags {
+		fl := fs.Lookup(name)
+		fl.Usage += " [$" + strings.Join(config.EnvNames(key), ", $") + "]"
+	}
+}
+
+// loadConfig merges the defaults, the configuration file (flag, or
+// $TASKER_CONFIG), the environment and the flags given on the command line
+// that flags maps to configuration keys.
+func loadConfig(cmd *cobra.Command, file string, flags map[string]string) (*config.Config, error) {
+	var overrides []config.Override
+	cmd.Flags().Visit(func(fl *pflag.Flag) {
+		key, ok := flags[fl.Name]
 		if !ok {
 			return
 		}
+		v := fl.Value.String()
 		if sv, isSlice := fl.Value.(pflag.SliceValue); isSlice {
-			// Replace the default rather than append to it.
-			var items []string
-			for _, s := range strings.Split(v, ",") {
-				if s = strings.TrimSpace(s); s != "" {
-					items = append(items, s)
-				}
-			}
-			if err := sv.Replace(items); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-			return
+			v = strings.Join(sv.GetSlice(), ",")
 		}
-		if err := fl.Value.Set(v); err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-		}
+		overrides = append(overrides, config.Override{Key: key, Value: v, Source: "--" + fl.Name})
 	})
-	return errors.Join(errs...)
+	return config.Load(config.Options{File: configFile(file), Overrides: overrides})
 }
 
 // serve runs the engine until ctx ends, then drains it.
-func (a *app) serve(ctx context.Context, opts serveOptions) error {
-	if opts.drainTimeout <= 0 {
-		return fmt.Errorf("--drain-timeout must be positive, got %s", opts.drainTimeout)
-	}
-	level := slog.LevelInfo
+func (a *app) serve(ctx context.Context, cfg *config.Config) error {
 	if a.verbose {
-		level = slog.LevelDebug
+		cfg.Logging.Level = "debug"
 	}
-	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
-	roles := make([]tasker.Role, 0, len(opts.roles))
-	for _, r := range opts.roles {
-		roles = append(roles, tasker.Role(strings.TrimSpace(r)))
-	}
-	dbShown := redactURL(opts.databaseURL)
-	eng, err := tasker.Open(ctx, tasker.Config{
-		DatabaseURL: opts.databaseURL, PostgresSchema: opts.postgresSchema, Logger: log,
-		Roles: roles, Namespaces: opts.namespaces, Concurrency: opts.concurrency,
-		StepLease: opts.stepLease, PollInterval: opts.pollInterval, DeploymentMode: tasker.DeploymentMode(opts.deploymentMode),
-	})
+	log := cfg.Logger(a.stderr)
+	ec := cfg.Engine()
+	ec.Logger = log
+	dbShown := redactURL(ec.DatabaseURL)
+	eng, err := tasker.Open(ctx, ec)
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {
-			return fmt.Errorf("cannot reach the database at %s (%s): %w", dbAddress(opts.databaseURL), dbShown, err)
+			return fmt.Errorf("cannot reach the database at %s (%s): %w", dbAddress(ec.DatabaseURL), dbShown, err)
 		}
 		return fmt.Errorf("open %s: %w", dbShown, err)
 	}
@@ -158,17 +139,23 @@ func (a *app) serve(ctx context.Context, opts serveOptions) error {
 	if err := examples.Register(ctx, eng); err != nil {
 		return err
 	}
+	for _, dir := range cfg.API.Templates {
+		if err := eng.RegisterTemplatesDir(ctx, dir); err != nil {
+			return fmt.Errorf("register templates under %s: %w", dir, err)
+		}
+	}
 	// The engine's services run until Stop, not until the signal.
 	if err := eng.Start(context.WithoutCancel(ctx)); err != nil {
 		return err
 	}
-	log.Info("tasker serve started", "database", dbShown, "roles", opts.roles,
-		"concurrency", opts.concurrency, "pid", os.Getpid())
+	log.Info("tasker serve started", "database", dbShown, "roles", cfg.Worker.Roles,
+		"concurrency", cfg.Worker.MaxConcurrentHandlers, "pid", os.Getpid())
 	<-ctx.Done()
 	// A second signal ends the process at once.
 	signal.Reset(os.Interrupt, syscall.SIGTERM)
-	log.Info("stopping: no new claims, waiting for handlers in flight", "drain_timeout", opts.drainTimeout)
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.drainTimeout)
+	drain := cfg.Worker.DrainTimeout
+	log.Info("stopping: no new claims, waiting for handlers in flight", "drain_timeout", drain)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
 	defer cancel()
 	if err := eng.Stop(stopCtx); err != nil {
 		// Steps still running are released through their leases and run

@@ -13,8 +13,8 @@ func TestServeRejectsUnknownRole(t *testing.T) {
 	t.Parallel()
 	code, _, errOut := runCLI(t, "serve", "--roles", "orchestrator,cook",
 		"--database-url", "sqlite://"+filepath.Join(t.TempDir(), "tasker.db"))
-	if code == 0 || !strings.Contains(errOut, "Config.Roles") || !strings.Contains(errOut, `"cook"`) {
-		t.Fatalf("serve --roles orchestrator,cook exited %d:\n%s\nwant an error naming Config.Roles and the role", code, errOut)
+	if code == 0 || !strings.Contains(errOut, "--roles: worker.roles") || !strings.Contains(errOut, `"cook"`) {
+		t.Fatalf("serve --roles orchestrator,cook exited %d:\n%s\nwant an error naming --roles, worker.roles and the role", code, errOut)
 	}
 }
 
@@ -22,8 +22,8 @@ func TestServeRejectsUnknownDeploymentMode(t *testing.T) {
 	t.Parallel()
 	code, _, errOut := runCLI(t, "serve", "--deployment-mode", "carrier_pigeon",
 		"--database-url", "sqlite://"+filepath.Join(t.TempDir(), "tasker.db"))
-	if code == 0 || !strings.Contains(errOut, "Config.DeploymentMode") || !strings.Contains(errOut, "carrier_pigeon") {
-		t.Fatalf("serve --deployment-mode carrier_pigeon exited %d:\n%s\nwant an error naming Config.DeploymentMode", code, errOut)
+	if code == 0 || !strings.Contains(errOut, "--deployment-mode: worker.deployment_mode") || !strings.Contains(errOut, "carrier_pigeon") {
+		t.Fatalf("serve --deployment-mode carrier_pigeon exited %d:\n%s\nwant an error naming the flag and worker.deployment_mode", code, errOut)
 	}
 }
 
@@ -31,7 +31,7 @@ func TestServeRolesFromEnvironment(t *testing.T) {
 	t.Setenv("TASKER_ROLES", "worker,cook")
 	t.Setenv("TASKER_DATABASE_URL", "sqlite://"+filepath.Join(t.TempDir(), "tasker.db"))
 	code, _, errOut := runCLI(t, "serve")
-	if code == 0 || !strings.Contains(errOut, `"cook"`) {
+	if code == 0 || !strings.Contains(errOut, `TASKER_ROLES: worker.roles has unknown role "cook"`) {
 		t.Fatalf("serve with TASKER_ROLES=worker,cook exited %d:\n%s", code, errOut)
 	}
 }

@@ -58,6 +58,16 @@ var (
 
 func fields() []field { return fieldsOnce() }
 
+// EnvNames returns the environment variables that set key: its
+// TASKER_<SECTION>_<KEY> name, then any older name still read.
+func EnvNames(key string) []string {
+	f, ok := fieldByKey(key)
+	if !ok {
+		return nil
+	}
+	return append([]string{f.env}, f.aliases...)
+}
+
 func fieldByKey(key string) (field, bool) {
 	for _, f := range fields() {
 		if f.key == key {
