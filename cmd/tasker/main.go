@@ -87,7 +87,8 @@ temporary SQLite database and shows how each one ran.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log debug messages to stderr")
-	root.AddCommand(newDemoCmd(a), newServeCmd(a), newTemplateCmd(a), newVersionCmd(a), newConfigCmd(a))
+	root.AddCommand(newDemoCmd(a), newServeCmd(a), newTemplateCmd(a), newVersionCmd(a), newConfigCmd(a), newMigrateCmd(a),
+		newTaskCmd(a), newStepCmd(a), newDLQCmd(a))
 	root.AddCommand(newAuthCmd(a))
 	return root
 }
