@@ -182,6 +182,13 @@ type TaskTransitionParams struct {
 	Event    string
 	Metadata json.RawMessage
 	Now      time.Time
+	// Deferred lets the driver send the transition later in the
+	// transaction, with its next statement or its commit, instead of
+	// waiting for it now. A state conflict (or a missing row) then fails
+	// that statement or the commit with ErrStateConflict, aborting the
+	// transaction. Set it only when the caller holds the task's row lock
+	// and read From under it, so that a conflict is a bug, not a race.
+	Deferred bool
 }
 
 // TaskTransitionsParams lists a task's history.
@@ -279,6 +286,9 @@ type StepTransitionParams struct {
 	// DecrementAttempts gives back one attempt (never below zero): the
 	// attempt was interrupted by a shutdown, not used by the handler.
 	DecrementAttempts bool
+	// Deferred: as TaskTransitionParams.Deferred; the caller holds the
+	// lock of the step's task and read From under it.
+	Deferred bool
 }
 
 // StepTransitionsParams lists a step's history.

@@ -412,7 +412,7 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 	var msgs []store.QueueMessageInsert
 	for _, id := range sum.Ready {
 		s := &steps[byUUID[id]]
-		if err := tx.StepTransition(ctx, store.StepTransitionParams{
+		if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true,
 			UUID: s.UUID, From: s.State, To: string(state.StepEnqueued), Event: string(state.StepEventEnqueue),
 			SetNextRetryAt: true, Now: now,
 		}); err != nil {
@@ -454,7 +454,7 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 		if err != nil {
 			return fmt.Errorf("task %s: %w", task.UUID, err)
 		}
-		if err := tx.TaskTransition(ctx, store.TaskTransitionParams{UUID: task.UUID, From: string(from), To: string(to),
+		if err := tx.TaskTransition(ctx, store.TaskTransitionParams{Deferred: true, UUID: task.UUID, From: string(from), To: string(to),
 			Event: string(ev), Now: now}); err != nil {
 			return err
 		}
@@ -521,7 +521,7 @@ func viewOf(s store.StepRow) StepView {
 func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.StepRow, t *template.Template, now time.Time) (events.Outcome, error) {
 	switch state.StepState(s.State) {
 	case state.StepEnqueuedForOrchestration:
-		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+		if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true, UUID: s.UUID, From: s.State,
 			To: string(state.StepComplete), Event: string(state.StepEventComplete), Now: now}); err != nil {
 			return "", err
 		}
@@ -542,7 +542,7 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 			// The attempt was cut short by a shutdown, not by the handler:
 			// it is given back and the step runs again at once, whatever
 			// its retry policy or attempts used.
-			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true, UUID: s.UUID, From: s.State,
 				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
 				SetNextRetryAt: true, NextRetryAt: &now, DecrementAttempts: true,
 				Metadata: mustJSON(map[string]any{"reason": "released by worker shutdown; attempt not counted"})}); err != nil {
@@ -557,7 +557,7 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 				delay = ra
 			}
 			next := now.Add(delay)
-			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true, UUID: s.UUID, From: s.State,
 				To: string(state.StepWaitingForRetry), Event: string(state.StepEventScheduleRetry), Now: now,
 				SetNextRetryAt: true, NextRetryAt: &next,
 				Metadata: mustJSON(map[string]any{"backoff_ms": delay.Milliseconds(), "attempt": s.Attempts})}); err != nil {
@@ -573,7 +573,7 @@ func (o *Orchestrator) applyResult(ctx context.Context, tx store.Tx, s *store.St
 			if !s.Retryable {
 				reason = "step is not retryable"
 			}
-			if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: s.UUID, From: s.State,
+			if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true, UUID: s.UUID, From: s.State,
 				To: string(state.StepError), Event: string(state.StepEventFail), Now: now, SetNextRetryAt: true,
 				Metadata: mustJSON(map[string]any{"reason": reason})}); err != nil {
 				return "", err

@@ -38,6 +38,33 @@ func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.Comm
 	return tag, mapErr(err)
 }
 
+// execLater runs a statement whose result nobody reads. In a transaction
+// it is deferred and sent with the next statement or the commit (see
+// pipeTx); what names it in the error that its failure causes.
+func (e *executor) execLater(ctx context.Context, what, q string, args ...any) error {
+	if p, ok := e.q.(*pipeTx); ok {
+		p.queue(what, q, args...)
+		return nil
+	}
+	if _, err := e.exec(ctx, q, args...); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// deferring reports whether statements given to execLater are deferred.
+func (e *executor) deferring() bool {
+	_, ok := e.q.(*pipeTx)
+	return ok
+}
+
+// guarded wraps an UPDATE that must match exactly one row so that it fails
+// (SQLSTATE TK409, see migration 0004) when it does not; $n is the text
+// that names it in that error.
+func guarded(update string, n int) string {
+	return `WITH u AS (` + update + ` RETURNING 1) SELECT tasker_expect_one((SELECT count(*) FROM u), $` + strconv.Itoa(n) + `)`
+}
+
 func (e *executor) query(ctx context.Context, q string, args ...any) (pgx.Rows, error) {
 	rows, err := e.q.Query(ctx, q, args...)
 	return rows, mapErr(err)
@@ -275,8 +302,27 @@ func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionPar
 	if isTerminal(p.To) {
 		completed = &now
 	}
-	tag, err := e.exec(ctx, `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
-		WHERE task_uuid = $4 AND state = $5`, p.To, now, completed, p.UUID, p.From)
+	const update = `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
+		WHERE task_uuid = $4 AND state = $5`
+	if p.Deferred && e.deferring() {
+		e.execLater(ctx, "task "+p.UUID+" "+p.From+"→"+p.To, guarded(update, 6),
+			p.To, now, completed, p.UUID, p.From, "task "+p.UUID+" "+p.From+"→"+p.To)
+	} else if err := e.taskUpdate(ctx, update, p, now, completed); err != nil {
+		return err
+	}
+	// A statement of its own: it sees every history row committed before
+	// this transaction locked the task, and no writer can add one until it
+	// ends.
+	return e.execLater(ctx, "task "+p.UUID+" history", `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		VALUES ($1, $2, $3, $4, $5,
+			(SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = $1), $6)`,
+		p.UUID, p.From, p.To, p.Event, jsonArg(p.Metadata), now)
+}
+
+// taskUpdate runs a task transition's UPDATE now and checks that it
+// matched.
+func (e *executor) taskUpdate(ctx context.Context, update string, p store.TaskTransitionParams, now time.Time, completed *time.Time) error {
+	tag, err := e.exec(ctx, update, p.To, now, completed, p.UUID, p.From)
 	if err != nil {
 		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, err)
 	}
@@ -285,16 +331,6 @@ func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionPar
 			return err
 		}
 		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, store.ErrStateConflict)
-	}
-	// A statement of its own: it sees every history row committed before
-	// this transaction locked the task, and no writer can add one until it
-	// ends.
-	_, err = e.exec(ctx, `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-		VALUES ($1, $2, $3, $4, $5,
-			(SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = $1), $6)`,
-		p.UUID, p.From, p.To, p.Event, jsonArg(p.Metadata), now)
-	if err != nil {
-		return fmt.Errorf("task %s history: %w", p.UUID, err)
 	}
 	return nil
 }
@@ -332,13 +368,13 @@ func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) e
 		positions[i], maxAttempts[i], retryable[i] = int64(s.Position), int64(s.MaxAttempts), s.Retryable
 	}
 	if n > 0 {
-		if _, err := e.exec(ctx, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,
+		if err := e.execLater(ctx, "insert steps of task "+p.TaskUUID, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,
 				max_attempts, retryable, created_at, updated_at)
 			SELECT s.step_uuid, $1, s.name, $2, s.position, s.callable, 'pending', s.max_attempts, s.retryable, $3, $3
 			FROM unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::int[], $9::bool[])
 				AS s(step_uuid, name, position, callable, max_attempts, retryable)`,
 			p.TaskUUID, p.Namespace, now, ids, names, positions, callables, maxAttempts, retryable); err != nil {
-			return fmt.Errorf("insert steps of task %s: %w", p.TaskUUID, err)
+			return err
 		}
 	}
 	if len(p.Edges) > 0 {
@@ -346,10 +382,10 @@ func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) e
 		for i, ed := range p.Edges {
 			from[i], to[i] = ed.From, ed.To
 		}
-		if _, err := e.exec(ctx, `INSERT INTO tasker_step_edges (task_uuid, from_step_uuid, to_step_uuid)
+		if err := e.execLater(ctx, "insert edges of task "+p.TaskUUID, `INSERT INTO tasker_step_edges (task_uuid, from_step_uuid, to_step_uuid)
 			SELECT $1, e.from_step, e.to_step FROM unnest($2::text[], $3::text[]) AS e(from_step, to_step)`,
 			p.TaskUUID, from, to); err != nil {
-			return fmt.Errorf("insert edges of task %s: %w", p.TaskUUID, err)
+			return err
 		}
 	}
 	return nil
@@ -445,6 +481,12 @@ func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionPar
 		set = append(set, "attempts = GREATEST(attempts - 1, 0)")
 	}
 	q := `UPDATE tasker_steps SET ` + strings.Join(set, ", ") + ` WHERE step_uuid = ` + a.add(p.UUID) + ` AND state = ` + a.add(p.From)
+	if p.Deferred && e.deferring() {
+		what := "step " + p.UUID + " " + p.From + "→" + p.To
+		n := len(a) + 1
+		e.execLater(ctx, what, guarded(q, n), append(a, what)...)
+		return e.stepHistory(ctx, now, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata})
+	}
 	tag, err := e.exec(ctx, q, a...)
 	if err != nil {
 		return fmt.Errorf("step %s %s→%s: %w", p.UUID, p.From, p.To, err)
@@ -478,18 +520,15 @@ func (e *executor) stepHistory(ctx context.Context, now time.Time, hs ...stepHis
 	for i, h := range hs {
 		steps[i], from[i], to[i], events[i], md[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata)
 	}
-	_, err := e.exec(ctx, `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+	what := fmt.Sprintf("history of %d steps", len(hs))
+	if len(hs) == 1 {
+		what = "step " + hs[0].step + " history"
+	}
+	return e.execLater(ctx, what, `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
 		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
 			(SELECT COALESCE(MAX(t.sort_key), 0) + 1 FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid), $1
 		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS h(step_uuid, from_state, to_state, event, metadata)`,
 		now, steps, from, to, events, md)
-	if err != nil {
-		if len(hs) == 1 {
-			return fmt.Errorf("step %s history: %w", hs[0].step, err)
-		}
-		return fmt.Errorf("history of %d steps: %w", len(hs), err)
-	}
-	return nil
 }
 
 func (e *executor) StepTransitions(ctx context.Context, p store.StepTransitionsParams) ([]store.TransitionRow, error) {
@@ -539,7 +578,7 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 	// break priority ties. The same statement notifies each queue's
 	// channel once; PostgreSQL delivers the notifications when the rows
 	// become visible, at commit.
-	if _, err := e.exec(ctx, `WITH sent AS (
+	return e.execLater(ctx, "send to queue "+p.Messages[0].Queue, `WITH sent AS (
 			INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
 			SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, $1
 			FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
@@ -547,10 +586,7 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 			ORDER BY m.ord
 		)
 		SELECT pg_notify(c, $9) FROM unnest($8::text[]) AS c`,
-		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues), e.instance); err != nil {
-		return fmt.Errorf("send to queue %s: %w", p.Messages[0].Queue, err)
-	}
-	return nil
+		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues), e.instance)
 }
 
 const msgCols = `id, queue, task_uuid, step_uuid, payload, COALESCE(lease_token, ''), COALESCE(lease_owner, ''), read_count,

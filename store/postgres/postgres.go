@@ -190,19 +190,22 @@ func (d *Driver) Close() error {
 // ignored, since there is no transaction to hold the lock.
 func (d *Driver) Reader() store.Executor { return d.readExec }
 
-// Begin starts a read-write transaction (READ COMMITTED). The transaction
-// is bound to ctx: once ctx is done, its statements and Commit fail.
+// Begin starts a read-write transaction (READ COMMITTED) on a connection
+// of the pool. The transaction is bound to ctx: once ctx is done, its
+// statements and Commit fail. BEGIN itself is sent with the first
+// statement (see pipeTx).
 func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
-	tx, err := d.pool.Begin(ctx)
+	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: begin: %w", mapErr(err))
 	}
+	tx := &pipeTx{conn: conn}
 	return &txExec{executor: executor{q: tx, inTx: true, schema: d.schema, instance: d.instance}, tx: tx, ctx: ctx}, nil
 }
 
 type txExec struct {
 	executor
-	tx  pgx.Tx
+	tx  *pipeTx
 	ctx context.Context
 }
 
@@ -404,6 +407,9 @@ func mapErr(err error) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {
+		case pe.Code == "TK409":
+			// A deferred guarded transition matched no row (migration 0004).
+			return fmt.Errorf("%w: %s", store.ErrStateConflict, pe.Message)
 		case pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03":
 			// admin_shutdown, crash_shutdown, cannot_connect_now
 			return fmt.Errorf("%w: database server is shutting down or starting up: %w", store.ErrUnavailable, err)

@@ -357,3 +357,60 @@ func testStepTransitionDecrementAttempts(s *suite) {
 		s.t.Errorf("Attempts after DecrementAttempts at zero = %d, want 0 (never negative)", got.Attempts)
 	}
 }
+
+// testDeferredTransitions: a deferred transition is applied with its
+// history like an immediate one, and one whose From is stale fails the
+// transaction (at the latest at commit) with ErrStateConflict, taking the
+// transaction's other writes with it.
+func testDeferredTransitions(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	ids := s.newSteps(task, "ns", "a", "b")
+
+	s.tx(func(tx store.Tx) error {
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+			UUID: ids[0], From: "pending", To: "enqueued", Event: "enqueue", Now: at(time.Second)}); err != nil {
+			return err
+		}
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+			UUID: ids[0], From: "enqueued", To: "cancelled", Event: "cancel", Now: at(time.Second)}); err != nil {
+			return err
+		}
+		return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: true,
+			UUID: task, From: "steps_in_process", To: "cancelled", Event: "cancel", Now: at(time.Second)})
+	})
+	if got := s.step(ids[0]); got.State != "cancelled" || got.CompletedAt == nil {
+		s.t.Errorf("after deferred transitions: step %+v, want cancelled with completed_at", got)
+	}
+	s.wantTransitions("deferred step history", ids[0], s.stepHistory(ids[0]),
+		[][3]string{{"pending", "enqueued", "enqueue"}, {"enqueued", "cancelled", "cancel"}})
+	if got := s.task(task); got.State != "cancelled" {
+		s.t.Errorf("task state %q, want cancelled", got.State)
+	}
+	s.wantTransitions("deferred task history", task, s.taskHistory(task),
+		[][3]string{{"steps_in_process", "cancelled", "cancel"}})
+
+	err := s.try(func(tx store.Tx) error {
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{
+			UUID: ids[1], From: "pending", To: "enqueued", Event: "enqueue", Now: at(2 * time.Second)}); err != nil {
+			return err
+		}
+		return tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+			UUID: ids[0], From: "pending", To: "enqueued", Event: "enqueue", Now: at(2 * time.Second)})
+	})
+	s.wantErr("deferred step transition from a stale state", err, store.ErrStateConflict)
+	if got := s.step(ids[1]).State; got != "pending" {
+		s.t.Errorf("the failed transaction's other write was kept: sibling step is %s", got)
+	}
+	if got := s.step(ids[0]).State; got != "cancelled" {
+		s.t.Errorf("stale deferred transition changed the step to %s", got)
+	}
+
+	err = s.try(func(tx store.Tx) error {
+		return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: true,
+			UUID: task, From: "steps_in_process", To: "complete", Event: "complete", Now: at(2 * time.Second)})
+	})
+	s.wantErr("deferred task transition from a stale state", err, store.ErrStateConflict)
+	if n := len(s.taskHistory(task)); n != 1 {
+		s.t.Errorf("refused deferred task transition left history: %d rows, want 1", n)
+	}
+}

@@ -63,6 +63,7 @@ var cases = []struct {
 	{"StepTransitionFields", testStepTransitionFields},
 	{"StepTransitionDecrementAttempts", testStepTransitionDecrementAttempts},
 	{"StepTransitionCompletedAt", testStepTransitionCompletedAt},
+	{"DeferredTransitions", testDeferredTransitions},
 	{"StepsDueForRetry", testStepsDueForRetry},
 
 	{"QueueClaimOrder", testQueueClaimOrder},
