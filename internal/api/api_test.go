@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -15,9 +14,8 @@ import (
 // describe the same operations.
 func TestRoutesDocumented(t *testing.T) {
 	doc, _ := spec(t)
-	s := &server{}
 	eng := sqliteBackend(t, tasker.Config{})
-	s = newServer(eng, Options{Logger: testLogger(t)})
+	s := newServer(eng, Options{Logger: testLogger(t)})
 	documented := map[string]bool{}
 	for path, item := range doc.Paths.Map() {
 		for method := range item.Operations() {
@@ -464,5 +462,3 @@ func testDLQ(t *testing.T, c *client) {
 	want(t, "page", r, 200)
 	wantError(t, "bad dlq cursor", c.do("GET", "/v1/dlq?cursor=zz", nil), 400, "validation_failed")
 }
-
-var _ = http.StatusOK
