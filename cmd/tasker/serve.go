@@ -4,18 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/tasker-go/tasker"
 	"github.com/tasker-go/tasker/examples"
+	"github.com/tasker-go/tasker/internal/api"
+	"github.com/tasker-go/tasker/internal/auth"
 	"github.com/tasker-go/tasker/internal/config"
 	"github.com/tasker-go/tasker/store"
 )
@@ -144,30 +149,79 @@ func (a *app) serve(ctx context.Context, cfg *config.Config) error {
 			return fmt.Errorf("register templates under %s: %w", dir, err)
 		}
 	}
-	// The engine's services run until Stop, not until the signal.
-	if err := eng.Start(context.WithoutCancel(ctx)); err != nil {
+	handler, err := apiHandler(eng, cfg, log)
+	if err != nil {
 		return err
 	}
-	log.Info("tasker serve started", "database", dbShown, "roles", cfg.Worker.Roles,
+	// Listen before starting the engine, so that an address in use fails
+	// the start rather than a running process.
+	ln, err := net.Listen("tcp", cfg.API.Addr)
+	if err != nil {
+		return fmt.Errorf("api.addr (%s): %w", cfg.Source("api.addr"), err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	// The engine's services run until Stop, not until the signal.
+	if err := eng.Start(context.WithoutCancel(ctx)); err != nil {
+		ln.Close()
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("tasker serve started", "addr", ln.Addr().String(), "database", dbShown, "roles", cfg.Worker.Roles,
 		"concurrency", cfg.Worker.MaxConcurrentHandlers, "pid", os.Getpid())
-	<-ctx.Done()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+		log.Error("the HTTP server failed; stopping", "error", serveErr)
+	}
 	// A second signal ends the process at once.
 	signal.Reset(os.Interrupt, syscall.SIGTERM)
 	drain := cfg.Worker.DrainTimeout
-	log.Info("stopping: no new claims, waiting for handlers in flight", "drain_timeout", drain)
+	log.Info("stopping: no new requests or claims, waiting for requests and handlers in flight", "drain_timeout", drain)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drain)
 	defer cancel()
+	// Requests in flight and handlers in flight finish side by side, within
+	// one budget.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Shutdown(stopCtx) }()
 	if err := eng.Stop(stopCtx); err != nil {
 		// Steps still running are released through their leases and run
 		// again elsewhere: nothing is lost, so this is not a failure.
 		log.Warn("drain did not finish within the budget; unfinished steps will be retried after their leases expire",
 			"error", err)
 	}
+	if err := <-httpDone; err != nil {
+		log.Warn("HTTP requests still in flight after the drain budget were cut off", "error", err)
+		srv.Close()
+	}
 	if err := eng.Close(); err != nil {
 		return fmt.Errorf("close: %w", err)
 	}
+	if serveErr != nil {
+		return fmt.Errorf("HTTP server: %w", serveErr)
+	}
 	log.Info("tasker serve stopped")
 	return nil
+}
+
+// apiHandler builds the HTTP API over eng as cfg says.
+func apiHandler(eng *tasker.Engine, cfg *config.Config, log *slog.Logger) (http.Handler, error) {
+	opts := api.Options{
+		PublicHealth: &cfg.API.PublicHealth, PublicMetrics: &cfg.API.PublicMetrics,
+		MaxBodyBytes: cfg.API.MaxBodyBytes, MaxQueueDepth: cfg.API.MaxQueueDepth, Logger: log,
+	}
+	if cfg.Auth.Enabled {
+		ac := cfg.Auth
+		ac.Logger = log
+		authenticator, err := auth.New(ac)
+		if err != nil {
+			return nil, err
+		}
+		opts.Auth = authenticator
+	}
+	return api.New(eng, opts), nil
 }
 
 // redactURL returns a database URL fit for logs: any password is replaced.

@@ -61,7 +61,7 @@ func TestServeStopsOnSignal(t *testing.T) {
 	errOut := &syncBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "--database-url", "sqlite://" + filepath.Join(t.TempDir(), "tasker.db")}, &out, errOut)
+		done <- run(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--database-url", "sqlite://" + filepath.Join(t.TempDir(), "tasker.db")}, &out, errOut)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(errOut.String(), "tasker serve started") {
