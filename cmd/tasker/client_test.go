@@ -15,6 +15,7 @@ import (
 	"github.com/tasker-go/tasker"
 	"github.com/tasker-go/tasker/examples"
 	"github.com/tasker-go/tasker/internal/api"
+	"github.com/tasker-go/tasker/internal/auth"
 )
 
 // waitTemplate has one step whose handler runs until the test releases it.
@@ -37,6 +38,11 @@ type testServer struct {
 }
 
 func newTestServer(t *testing.T, cfg tasker.Config) *testServer {
+	t.Helper()
+	return newTestServerOpts(t, cfg, api.Options{})
+}
+
+func newTestServerOpts(t *testing.T, cfg tasker.Config, opts api.Options) *testServer {
 	t.Helper()
 	ctx := context.Background()
 	cfg.DatabaseURL = "sqlite://" + filepath.Join(t.TempDir(), "tasker.db")
@@ -64,7 +70,7 @@ func newTestServer(t *testing.T, cfg tasker.Config) *testServer {
 	if err := eng.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.New(eng, api.Options{}))
+	srv := httptest.NewServer(api.New(eng, opts))
 	ts.url = srv.URL
 	t.Cleanup(func() {
 		srv.Close()
@@ -197,6 +203,7 @@ func TestClientErrors(t *testing.T) {
 func TestClientCancel(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, tasker.Config{})
+	defer close(ts.release) // lets the cancelled task's handler return
 	id := ts.createTask(t, "testing", "wait_workflow", `{}`)
 	out := ts.mustCLI(t, "task", "cancel", id)
 	if !regexp.MustCompile(`State:\s+cancelled`).MatchString(out) {
@@ -479,5 +486,51 @@ func TestMigrate(t *testing.T) {
 		if code != 0 || !regexp.MustCompile(`schema version \d+ \(\d{4}_\w+\.sql\), up to date`).MatchString(out) {
 			t.Fatalf("migrate exited %d:\n%s\n%s", code, out, errOut)
 		}
+	}
+}
+
+func TestClientAPIKey(t *testing.T) {
+	t.Parallel()
+	key, hash, err := auth.GenerateAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	authenticator, err := auth.New(auth.Config{Enabled: true, APIKeys: []auth.APIKeyConfig{
+		{Name: "reader", Hash: hash, Permissions: []string{"tasks:read", "tasks:list"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServerOpts(t, tasker.Config{}, api.Options{Auth: authenticator})
+
+	code, _, errOut := ts.cli(t, "task", "list")
+	if code == 0 || !strings.Contains(errOut, "HTTP 401") {
+		t.Errorf("task list without a key exited %d:\n%s", code, errOut)
+	}
+	if code, out, errOut := ts.cli(t, "task", "list", "--api-key", key); code != 0 || !strings.Contains(out, "TASK") {
+		t.Errorf("task list with a key exited %d:\n%s\n%s", code, out, errOut)
+	}
+	code, _, errOut = ts.cli(t, "task", "create", "math", "linear_workflow", "--api-key", key)
+	if code == 0 || !strings.Contains(errOut, "HTTP 403") || !strings.Contains(errOut, "tasks:create") {
+		t.Errorf("task create with a read-only key exited %d:\n%s", code, errOut)
+	}
+}
+
+func TestClientAPIKeyFromEnvironment(t *testing.T) {
+	key, hash, err := auth.GenerateAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	authenticator, err := auth.New(auth.Config{Enabled: true, APIKeys: []auth.APIKeyConfig{
+		{Name: "ops", Hash: hash, Permissions: []string{"*"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := newTestServerOpts(t, tasker.Config{}, api.Options{Auth: authenticator})
+	t.Setenv("TASKER_API_KEY", key)
+	t.Setenv("TASKER_SERVER", ts.url)
+	if code, out, errOut := runCLI(t, "task", "create", "math", "linear_workflow", "--context", `{"even_number": 2}`); code != 0 {
+		t.Errorf("task create with TASKER_SERVER and TASKER_API_KEY exited %d:\n%s\n%s", code, out, errOut)
 	}
 }
