@@ -177,7 +177,9 @@ func (h *harness) run(parent context.Context, c cell, store, engineName string) 
 	case "tasker":
 		eng, err = openTasker(ctx, cfg)
 	case "river":
-		eng, err = openRiver(ctx, cfg, riverTuned)
+		tune := riverTuned
+		tune.finalInTx = c.mode != burnDownMode
+		eng, err = openRiver(ctx, cfg, tune)
 	case "river-default":
 		eng, err = openRiver(ctx, cfg, riverTuning{})
 	}
