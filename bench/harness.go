@@ -45,16 +45,16 @@ func plan(quick bool) []cell {
 		return full
 	}
 	return []cell{
-		{workload: "noop", variant: "burn", shape: shapeSingle, mode: burnDownMode, n: size(20000, 2000), riverDefault: true},
-		{workload: "latency", variant: "open10", shape: shapeSingle, mode: openLoopMode, rate: 10, n: size(200, 40), riverDefault: true},
-		{workload: "latency", variant: "open100", shape: shapeSingle, mode: openLoopMode, rate: 100, n: size(2000, 300), riverDefault: true},
-		{workload: "latency", variant: "open1000", shape: shapeSingle, mode: openLoopMode, rate: 1000, n: size(10000, 2000), riverDefault: true},
-		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 100)},
-		{workload: "linear4", variant: "open50", shape: shapeLinear4, mode: openLoopMode, rate: 50, n: size(1000, 150), riverDefault: true},
-		{workload: "linear4", variant: "burn", shape: shapeLinear4, mode: burnDownMode, n: size(5000, 500)},
-		{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 100)},
-		{workload: "diamond4", variant: "open50", shape: shapeDiamond4, mode: openLoopMode, rate: 50, n: size(1000, 150)},
-		{workload: "diamond4", variant: "burn", shape: shapeDiamond4, mode: burnDownMode, n: size(5000, 500)},
+		{workload: "noop", variant: "burn", shape: shapeSingle, mode: burnDownMode, n: size(20000, 1000), riverDefault: true},
+		{workload: "latency", variant: "open10", shape: shapeSingle, mode: openLoopMode, rate: 10, n: size(200, 20), riverDefault: true},
+		{workload: "latency", variant: "open100", shape: shapeSingle, mode: openLoopMode, rate: 100, n: size(2000, 200)},
+		{workload: "latency", variant: "open1000", shape: shapeSingle, mode: openLoopMode, rate: 1000, n: size(10000, 1000)},
+		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 50)},
+		{workload: "linear4", variant: "open50", shape: shapeLinear4, mode: openLoopMode, rate: 50, n: size(1000, 100), riverDefault: true},
+		{workload: "linear4", variant: "burn", shape: shapeLinear4, mode: burnDownMode, n: size(5000, 300)},
+		{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 50)},
+		{workload: "diamond4", variant: "open50", shape: shapeDiamond4, mode: openLoopMode, rate: 50, n: size(1000, 100)},
+		{workload: "diamond4", variant: "burn", shape: shapeDiamond4, mode: burnDownMode, n: size(5000, 300)},
 		{workload: "fanout10k", variant: "one", shape: shapeFanout10k, mode: singleMode, n: 1},
 	}
 }
@@ -145,7 +145,11 @@ func (h *harness) run(parent context.Context, c cell, store, engineName string) 
 		}
 		cfg.url = h.pg.url(db)
 	}
-	ctx, cancel := context.WithTimeoutCause(parent, h.opts.timeout, fmt.Errorf("run exceeded -timeout %s", h.opts.timeout))
+	timeout := h.opts.timeout
+	if c.mode == singleMode && h.opts.quick {
+		timeout = min(timeout, 45*time.Second)
+	}
+	ctx, cancel := context.WithTimeoutCause(parent, timeout, fmt.Errorf("run exceeded its time box of %s", timeout))
 	defer cancel()
 
 	// The schema is created by a first connection that is closed again, so
@@ -204,6 +208,9 @@ func (h *harness) run(parent context.Context, c cell, store, engineName string) 
 	m, samples, err := drive(ctx, c, eng, cfg.rec)
 	stopSampler()
 	if err != nil {
+		if c.mode == singleMode {
+			err = fmt.Errorf("%w; open %s, peak RSS %.0f MB", err, openTime.Round(time.Millisecond), float64(peak.Load())/1024)
+		}
 		return nil, 0, err
 	}
 	if c.mode == singleMode {
@@ -340,7 +347,9 @@ func drive(ctx context.Context, c cell, eng engine, rec *recorder) (map[string]f
 		m["submit_ms"] = ms(time.Since(t0))
 		f, err := rec.wait(ctx, key)
 		if err != nil {
-			return nil, 0, err
+			p := rec.snapshot(key)
+			return nil, 0, fmt.Errorf("%w (after %s: %d of %d children done, join started: %v)",
+				err, time.Since(t0).Round(time.Second), p.children, c.shape.fan, !p.joinStart.IsZero())
 		}
 		if f.children != c.shape.fan {
 			return nil, 0, fmt.Errorf("%d of %d children ran", f.children, c.shape.fan)

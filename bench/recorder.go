@@ -135,3 +135,10 @@ func (r *recorder) wait(ctx context.Context, key string) (flow, error) {
 	defer r.mu.Unlock()
 	return *f, f.err
 }
+
+// snapshot is a copy of the flow as it is now.
+func (r *recorder) snapshot(key string) flow {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return *r.get(key)
+}
