@@ -1,6 +1,8 @@
 // Command tasker is the Tasker command line: it runs the bundled demo,
-// serves the bundled workflows (alone or as part of a cluster), validates
-// task templates and reports its version.
+// serves the HTTP API with the bundled workflows (alone or as part of a
+// cluster), migrates the database, validates and lists task templates,
+// shows the configuration, and talks to a server to create, inspect and
+// repair tasks, steps and dead-letter entries.
 package main
 
 import (

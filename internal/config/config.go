@@ -197,7 +197,8 @@ type Options struct {
 // Load builds the effective configuration, each layer overriding the one
 // before: the defaults, the file, the environment (TASKER_<SECTION>_<KEY>,
 // and the older names of the serve flags' variables, such as
-// TASKER_DATABASE_URL), then the overrides. It reports every problem at once,
+// TASKER_DATABASE_URL; an empty variable counts as unset), then the
+// overrides. It reports every problem at once,
 // each naming the key and where its value came from.
 func Load(opts Options) (*Config, error) {
 	lookup := opts.LookupEnv
@@ -216,8 +217,10 @@ func Load(opts Options) (*Config, error) {
 		// The canonical name wins over an alias when both are set.
 		names := append([]string{f.env}, f.aliases...)
 		for _, name := range names {
+			// An empty variable counts as unset, as a shell's VAR= usually
+			// means.
 			v, ok := lookup(name)
-			if !ok {
+			if !ok || v == "" {
 				continue
 			}
 			if err := c.set(f, v, name); err != nil {

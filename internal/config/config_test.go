@@ -141,6 +141,8 @@ func TestPrecedence(t *testing.T) {
 			// ...and loses to it when it is.
 			"TASKER_DRAIN_TIMEOUT":        "9s",
 			"TASKER_WORKER_DRAIN_TIMEOUT": "3s",
+			// Empty counts as unset.
+			"TASKER_WORKER_EXTERNAL_CAPACITY": "",
 		}),
 		Overrides: []Override{{Key: "worker.max_concurrent_handlers", Value: "4", Source: "--concurrency"}},
 	})
