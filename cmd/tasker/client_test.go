@@ -341,10 +341,10 @@ func jsonNumber(n int64) string {
 	return string(b)
 }
 
-// TestServeHTTP runs serve in-process with a configuration file and a
-// templates directory, and drives it with the client commands.
+// TestServeHTTP runs serve in-process with a configuration file (auth
+// enabled) and a templates directory, and drives it with the client
+// commands. Not parallel: it sets TASKER_API_KEY.
 func TestServeHTTP(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	templates := filepath.Join(dir, "templates")
 	if err := os.MkdirAll(templates, 0o755); err != nil {
@@ -355,9 +355,14 @@ func TestServeHTTP(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(templates, "square.yaml"), []byte(extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	key, hash, err := auth.GenerateAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfgFile := filepath.Join(dir, "tasker.toml")
 	cfg := "[store]\ndatabase_url = \"sqlite://" + filepath.Join(dir, "tasker.db") + "\"\n[api]\naddr = \"127.0.0.1:0\"\n" +
-		"[orchestration]\npoll_interval = \"50ms\"\n"
+		"[orchestration]\npoll_interval = \"50ms\"\n" +
+		"[auth]\nenabled = true\n[[auth.api_keys]]\nname = \"ops\"\nhash = \"" + hash + "\"\npermissions = [\"*\"]\n"
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -383,6 +388,10 @@ func TestServeHTTP(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	ts := &testServer{url: "http://" + m[1]}
+	if code, _, errOut := ts.cli(t, "task", "list"); code == 0 || !strings.Contains(errOut, "HTTP 401") {
+		t.Errorf("serve with auth enabled answered a request without a key (exit %d):\n%s", code, errOut)
+	}
+	t.Setenv("TASKER_API_KEY", key)
 	id := ts.createTask(t, "extra", "square_once", `{"even_number": 4}`)
 	out := ts.mustCLI(t, "task", "watch", id, "--interval", "50ms")
 	if !regexp.MustCompile(`square\s+complete\s+1/3\s+16`).MatchString(out) {
