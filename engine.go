@@ -436,11 +436,31 @@ func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error)
 	if err != nil {
 		return nil, err
 	}
-	row, steps, sum, err := e.orch.CreateTask(ctx, orchestration.CreateTaskParams{
+	p := orchestration.CreateTaskParams{
 		Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
 		IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
 		Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
-	})
+	}
+	e.mu.Lock()
+	w := e.worker
+	e.mu.Unlock()
+	var (
+		row   *store.TaskRow
+		steps []store.StepRow
+		sum   orchestration.Summary
+	)
+	if w == nil {
+		row, steps, sum, err = e.orch.CreateTask(ctx, p)
+	} else {
+		// A started worker takes the new task's first steps in the creating
+		// transaction, instead of being woken to claim them in another.
+		err = w.Handoff(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+			var claimed []store.ClaimedStep
+			var err error
+			row, steps, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)
+			return claimed, err
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -569,15 +589,14 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	}()
 	poll := 20 * time.Millisecond
 	for {
-		row, err := e.driver.Reader().TaskGet(ctx, store.TaskGetParams{UUID: taskUUID})
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, taskUUID)
-		}
+		// One read of the task and its steps per wake-up: what decides
+		// whether it is settled is also what the caller gets.
+		row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
 		if err != nil {
 			return nil, err
 		}
 		if state.TaskState(row.State).Settled() {
-			return e.GetTask(ctx, taskUUID)
+			return taskFrom(row, steps, sum), nil
 		}
 		timer := time.NewTimer(poll)
 		select {

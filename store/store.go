@@ -562,3 +562,61 @@ func QueueNamespace(q string) (string, bool) {
 	}
 	return q[len(workerQueuePrefix):], true
 }
+
+// CompleteAndLoadParams describes the start of an orchestration
+// transaction that applies handler outcomes: lock Tasks (in the order
+// given: pass them sorted, as every orchestration transaction locks tasks
+// in UUID order), apply Completions as StepsComplete does, and read the
+// locked tasks and all their steps as they are after the completions.
+type CompleteAndLoadParams struct {
+	Tasks       []string
+	Completions []StepCompletion
+	Now         time.Time
+}
+
+// CompleteAndLoadResult is what CompleteAndLoad found.
+type CompleteAndLoadResult struct {
+	// Refused has one entry per completion, as StepsComplete returns.
+	Refused []error
+	// Tasks are the locked tasks by UUID.
+	Tasks map[string]*TaskRow
+	// Steps are each task's steps in template order. Result and Error may
+	// be left empty, as StepsForTaskParams.WithoutPayloads allows.
+	Steps map[string][]StepRow
+}
+
+// CompleteAndLoader is implemented by transactions that can run
+// CompleteAndLoad in fewer round trips than its parts.
+type CompleteAndLoader interface {
+	CompleteAndLoad(ctx context.Context, p CompleteAndLoadParams) (*CompleteAndLoadResult, error)
+}
+
+// CompleteAndLoad locks p.Tasks, applies p.Completions and reads the tasks
+// and their steps, in tx: through tx's own CompleteAndLoad if it has one,
+// else through TaskGet, StepsComplete and StepsForTask. A task that does
+// not exist fails it with ErrNotFound.
+func CompleteAndLoad(ctx context.Context, tx Tx, p CompleteAndLoadParams) (*CompleteAndLoadResult, error) {
+	if cl, ok := tx.(CompleteAndLoader); ok {
+		return cl.CompleteAndLoad(ctx, p)
+	}
+	res := &CompleteAndLoadResult{Tasks: map[string]*TaskRow{}, Steps: map[string][]StepRow{}}
+	for _, id := range p.Tasks {
+		row, err := tx.TaskGet(ctx, TaskGetParams{UUID: id, ForUpdate: true})
+		if err != nil {
+			return nil, err
+		}
+		res.Tasks[id] = row
+	}
+	var err error
+	if res.Refused, err = tx.StepsComplete(ctx, StepsCompleteParams{Completions: p.Completions, Now: p.Now}); err != nil {
+		return nil, err
+	}
+	for _, id := range p.Tasks {
+		steps, err := tx.StepsForTask(ctx, StepsForTaskParams{TaskUUID: id, WithoutPayloads: true})
+		if err != nil {
+			return nil, err
+		}
+		res.Steps[id] = steps
+	}
+	return res, nil
+}

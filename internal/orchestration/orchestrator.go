@@ -261,29 +261,40 @@ type CreateTaskParams struct {
 // CreateTask validates the request, then in one transaction inserts the
 // task, its steps and edges, and enqueues the steps that are ready.
 func (o *Orchestrator) CreateTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, []store.StepRow, Summary, error) {
-	task, steps, err := o.createTask(ctx, p)
+	task, steps, sum, _, err := o.CreateTaskAndClaim(ctx, p, store.StepsClaimParams{})
+	return task, steps, sum, err
+}
+
+// CreateTaskAndClaim is CreateTask followed, in the same transaction, by a
+// claim of up to claim.Limit steps for the calling worker (see
+// CompleteAndClaim): a worker in this process starts the task's first
+// steps without a transaction of its own. The claimed steps must not run
+// before this returns, that is before the claim is committed.
+func (o *Orchestrator) CreateTaskAndClaim(ctx context.Context, p CreateTaskParams,
+	claim store.StepsClaimParams) (*store.TaskRow, []store.StepRow, Summary, []store.ClaimedStep, error) {
+	task, steps, claimed, err := o.createTask(ctx, p, claim)
 	if err != nil {
-		return nil, nil, Summary{}, err
+		return nil, nil, Summary{}, nil, err
 	}
 	views := make([]StepView, len(steps))
 	for i, s := range steps {
 		views[i] = viewOf(s)
 	}
-	return task, steps, Evaluate(views, o.cfg.Now()), nil
+	return task, steps, Evaluate(views, o.cfg.Now()), claimed, nil
 }
 
-func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams) (*store.TaskRow, []store.StepRow, error) {
+func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim store.StepsClaimParams) (*store.TaskRow, []store.StepRow, []store.ClaimedStep, error) {
 	t, err := o.templates.Get(ctx, p.Namespace, p.Name, p.Version)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	taskCtx, err := normaliseContext(t, p.Context)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	identity, err := identityHash(t, taskCtx, p.IdempotencyKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	now := o.cfg.Now()
 	task := &store.TaskRow{
@@ -311,6 +322,7 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams) (*sto
 		}
 	}
 	eff := newEffects()
+	var claimed []store.ClaimedStep
 	err = store.InTx(ctx, o.d, func(tx store.Tx) error {
 		if err := tx.TaskInsert(ctx, store.TaskInsertParams{
 			UUID: task.UUID, Namespace: task.Namespace, Name: task.Name, Version: task.Version, State: task.State,
@@ -326,13 +338,52 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams) (*sto
 			Steps: inserts, Edges: edges, Now: now}); err != nil {
 			return fmt.Errorf("create %s task: %w", t.Key(), err)
 		}
-		return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
+		if err := o.evaluate(ctx, tx, task, steps, t, now, false, eff); err != nil {
+			return err
+		}
+		var err error
+		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
+		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	o.announce(eff)
-	return task, steps, nil
+	// The returned steps show the claimed ones as started.
+	started := make(map[string]int, len(claimed))
+	for _, c := range claimed {
+		started[c.StepUUID] = c.Attempt
+	}
+	for i := range steps {
+		if attempt, ok := started[steps[i].UUID]; ok {
+			steps[i].State, steps[i].Attempts, steps[i].LastAttemptedAt = string(state.StepInProgress), attempt, &now
+		}
+	}
+	return task, steps, claimed, nil
+}
+
+// claimFor claims steps for a worker in this process at the end of an
+// orchestration transaction, if claim asks for any. When the claim empties
+// the worker's queues, waking the worker for the steps this transaction
+// enqueued would only cost it an empty claim, so that wake-up is dropped.
+func (o *Orchestrator) claimFor(ctx context.Context, tx store.Tx, claim store.StepsClaimParams, now time.Time,
+	eff *effects) ([]store.ClaimedStep, error) {
+	if claim.Limit <= 0 || len(claim.Queues) == 0 {
+		return nil, nil
+	}
+	claim.Now = now
+	claimed, err := tx.StepsClaim(ctx, claim)
+	if err != nil {
+		return nil, err
+	}
+	if len(claimed) < claim.Limit {
+		for _, q := range claim.Queues {
+			if ns, ok := store.QueueNamespace(q); ok {
+				delete(eff.namespaces, ns)
+			}
+		}
+	}
+	return claimed, nil
 }
 
 // normaliseContext checks that the context is a JSON object valid against
@@ -601,17 +652,18 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 	if err != nil {
 		return err
 	}
-	return o.processLockedTask(ctx, tx, task, resultSteps, now, eff)
-}
-
-// processLockedTask is processTask for a task whose row tx already locked.
-func (o *Orchestrator) processLockedTask(ctx context.Context, tx store.Tx, task *store.TaskRow, resultSteps map[string]bool,
-	now time.Time, eff *effects) error {
-	taskUUID := task.UUID
 	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID, WithoutPayloads: true})
 	if err != nil {
 		return err
 	}
+	return o.processLockedTask(ctx, tx, task, steps, resultSteps, now, eff)
+}
+
+// processLockedTask is processTask for a task whose row tx already locked
+// and whose steps it read after locking it.
+func (o *Orchestrator) processLockedTask(ctx context.Context, tx store.Tx, task *store.TaskRow, steps []store.StepRow,
+	resultSteps map[string]bool, now time.Time, eff *effects) error {
+	taskUUID := task.UUID
 	t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
 	if err != nil {
 		return fmt.Errorf("task %s: %w", taskUUID, err)
@@ -680,22 +732,16 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 		// Lock the tasks first, in a fixed order, as every orchestration
 		// transaction does, so that concurrent transactions on the same
 		// tasks wait for each other instead of deadlocking.
-		tasks := map[string]*store.TaskRow{}
+		ids := map[string]bool{}
 		for _, c := range completions {
-			tasks[c.TaskUUID] = nil
+			ids[c.TaskUUID] = true
 		}
-		for _, id := range sortedKeys(tasks) {
-			row, err := tx.TaskGet(ctx, store.TaskGetParams{UUID: id, ForUpdate: true})
-			if err != nil {
-				return err
-			}
-			tasks[id] = row
-		}
-		var err error
-		refused, err = tx.StepsComplete(ctx, store.StepsCompleteParams{Completions: completions, Now: now})
+		loaded, err := store.CompleteAndLoad(ctx, tx, store.CompleteAndLoadParams{
+			Tasks: sortedKeys(ids), Completions: completions, Now: now})
 		if err != nil {
 			return err
 		}
+		refused = loaded.Refused
 		byTask := map[string]map[string]bool{}
 		for i, c := range completions {
 			if refused[i] != nil {
@@ -707,23 +753,11 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			byTask[c.TaskUUID][c.StepUUID] = true
 		}
 		for _, id := range sortedKeys(byTask) {
-			if err := o.processLockedTask(ctx, tx, tasks[id], byTask[id], now, eff); err != nil {
+			if err := o.processLockedTask(ctx, tx, loaded.Tasks[id], loaded.Steps[id], byTask[id], now, eff); err != nil {
 				return err
 			}
 		}
-		if claim.Limit > 0 && len(claim.Queues) > 0 {
-			claim.Now = now
-			claimed, err = tx.StepsClaim(ctx, claim)
-			if err == nil && len(claimed) < claim.Limit {
-				// The claim emptied this worker's queues: waking it for the
-				// steps just enqueued would only cost an empty claim.
-				for _, q := range claim.Queues {
-					if ns, ok := store.QueueNamespace(q); ok {
-						delete(eff.namespaces, ns)
-					}
-				}
-			}
-		}
+		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
 		return err
 	})
 	if err != nil {

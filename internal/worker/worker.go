@@ -110,6 +110,13 @@ type Config struct {
 	PollInterval time.Duration
 	// CompletionBatch caps the results written in one transaction. Default 64.
 	CompletionBatch int
+	// CompletionLinger is how long the completion processor may hold a
+	// batch for a result still to come from a handler running in this
+	// worker for the same task as a result in the batch, so that sibling
+	// steps finishing together (the branches of a diamond) are processed
+	// in one transaction and their join is enqueued once. It never waits
+	// for results of other tasks. Default 2ms; negative disables it.
+	CompletionLinger time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 	// Monitors, if set, receives the worker's channel monitors.
@@ -153,6 +160,9 @@ func (c *Config) setDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = 500 * time.Millisecond
 	}
+	if c.CompletionLinger == 0 {
+		c.CompletionLinger = 2 * time.Millisecond
+	}
 	if c.CompletionBatch <= 0 {
 		c.CompletionBatch = 64
 	}
@@ -190,13 +200,20 @@ type Worker struct {
 	// loop once it has written a batch.
 	shed atomic.Bool
 
-	// handoffMu orders claims made by the completion processor against
-	// Stop closing the dispatch channel.
-	handoffMu sync.Mutex
+	// handoffMu orders claims made in other components' transactions (the
+	// completion processor's, CreateTask's; read-locked, so they may run
+	// at once) against Stop closing the dispatch channel.
+	handoffMu sync.RWMutex
 	stopping  bool
 
 	queueMu sync.Mutex
 	queues  []string
+
+	// running counts, per task, the steps claimed by this worker whose
+	// result has not yet entered the completion channel (see
+	// CompletionLinger).
+	runningMu sync.Mutex
+	running   map[string]int
 
 	leaseMu sync.Mutex
 	leases  map[int64]*lease
@@ -466,9 +483,13 @@ func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserv
 		w.leaseMu.Lock()
 		w.leases[c.Message.ID] = &lease{token: c.Message.LeaseToken}
 		w.leaseMu.Unlock()
+		// Counted as running from the claim on: a sibling claimed with it
+		// may finish before this one's goroutine starts.
+		w.taskRunning(c.TaskUUID, 1)
 		// The claim took no more than the free capacity, so this send does
 		// not wait in practice; if it ever does, it is backpressure.
 		if err := w.dispatch.Send(context.WithoutCancel(ctx), c); err != nil {
+			w.taskRunning(c.TaskUUID, -1)
 			w.log.Error("dispatch claimed step", "step_uuid", c.StepUUID, "error", err)
 		}
 	}
@@ -505,9 +526,14 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 	}
 	res := w.runHandler(c, settle) // normally releases the permit before returning
 	if res == nil {
+		w.taskRunning(c.TaskUUID, -1)
 		return // an external step: the external channel sends its result and settles it
 	}
 	sent := w.completion.Send(w.hCtxForSend(), res)
+	// Counted down only once the result is in the channel, so that the
+	// completion processor, seeing no running sibling, knows that every
+	// sibling result is already there.
+	w.taskRunning(c.TaskUUID, -1)
 	settle()
 	if sent != nil {
 		// The channel closed (shutdown past budget): the result is not
@@ -660,8 +686,58 @@ func (w *Worker) runCompletions(ctx context.Context) {
 				break drain
 			}
 		}
+		batch = w.linger(batch)
 		w.writeResults(ctx, batch)
 	}
+}
+
+// taskRunning adds d to the count of running handlers of a task.
+func (w *Worker) taskRunning(task string, d int) {
+	w.runningMu.Lock()
+	defer w.runningMu.Unlock()
+	if w.running == nil {
+		w.running = map[string]int{}
+	}
+	if n := w.running[task] + d; n > 0 {
+		w.running[task] = n
+	} else {
+		delete(w.running, task)
+	}
+}
+
+// siblingsRunning reports whether a handler is still running for a task
+// that has a result in batch.
+func (w *Worker) siblingsRunning(batch []*Result) bool {
+	w.runningMu.Lock()
+	defer w.runningMu.Unlock()
+	for _, r := range batch {
+		if w.running[r.Step.TaskUUID] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// linger extends batch with results that arrive within CompletionLinger
+// while a handler of one of its tasks is still running here.
+func (w *Worker) linger(batch []*Result) []*Result {
+	if w.cfg.CompletionLinger <= 0 || len(batch) >= w.cfg.CompletionBatch || !w.siblingsRunning(batch) {
+		return batch
+	}
+	timer := time.NewTimer(w.cfg.CompletionLinger)
+	defer timer.Stop()
+	for len(batch) < w.cfg.CompletionBatch && w.siblingsRunning(batch) {
+		select {
+		case r, ok := <-w.completion.Recv():
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+		case <-timer.C:
+			return batch
+		}
+	}
+	return batch
 }
 
 // writeResults writes a batch, retrying while the database is unavailable:
@@ -763,19 +839,35 @@ func (w *Worker) writeBatch(ctx context.Context, comps []store.StepCompletion) (
 	if w.cfg.CompleteAndClaim == nil {
 		return w.complete(ctx, comps)
 	}
-	w.handoffMu.Lock()
-	defer w.handoffMu.Unlock()
+	var refused []error
+	err := w.Handoff(ctx, func(p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+		var claimed []store.ClaimedStep
+		var err error
+		refused, claimed, err = w.cfg.CompleteAndClaim(ctx, comps, p)
+		return claimed, err
+	})
+	return refused, err
+}
+
+// Handoff lets another component's transaction claim steps for this
+// worker: claim gets the worker's claim parameters, limited to its free
+// capacity (Limit 0 when it has none or is stopping), must commit the
+// claim before it returns, and returns the steps claimed, which the worker
+// then runs. If claim fails, the capacity reserved for it is given back.
+func (w *Worker) Handoff(ctx context.Context, claim func(store.StepsClaimParams) ([]store.ClaimedStep, error)) error {
+	w.handoffMu.RLock()
+	defer w.handoffMu.RUnlock()
 	n := 0
 	if !w.stopping {
 		n = w.reserve()
 	}
-	refused, claimed, err := w.cfg.CompleteAndClaim(ctx, comps, w.claimParams(n))
+	claimed, err := claim(w.claimParams(n))
 	if err != nil {
 		w.inFlight.Add(int64(-n))
-		return nil, err
+		return err
 	}
 	w.accept(ctx, claimed, n)
-	return refused, nil
+	return nil
 }
 
 // truncate bounds a stack trace kept in a step's error.

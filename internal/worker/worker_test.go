@@ -812,3 +812,48 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 		t.Errorf("only %d lease checks during a 1s run", checks)
 	}
 }
+
+// TestLingerBatchesSiblings: two steps of one task claimed together, the
+// second finishing a few milliseconds after the first, reach the completer
+// in one batch while CompletionLinger allows it, and in two without it.
+func TestLingerBatchesSiblings(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		linger      time.Duration
+		wantBatches int
+	}{
+		{"linger", 50 * time.Millisecond, 1},
+		{"no linger", -1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := openStore(t)
+			ids := seed(t, d, "fast", "slow")
+			resolve := resolverFor(map[string]Prepared{
+				"fast": returning("fast", nil),
+				"slow": handlerOf(func(context.Context) (any, error) {
+					time.Sleep(5 * time.Millisecond)
+					return "slow", nil
+				}),
+			})
+			var mu sync.Mutex
+			var sizes []int
+			comp := &completer{d: d, hook: func(comps []store.StepCompletion) {
+				mu.Lock()
+				sizes = append(sizes, len(comps))
+				mu.Unlock()
+			}}
+			cfg := testConfig(&logCapture{})
+			cfg.CompletionLinger = tc.linger
+			w := New(d, resolve, comp.complete, nil, cfg)
+			startWorker(t, w)
+			eventually(t, "both steps to have a result", func() bool { return finished(t, d, ids...) })
+			mu.Lock()
+			defer mu.Unlock()
+			if len(sizes) != tc.wantBatches {
+				t.Errorf("results reached the completer in batches %v, want %d batch(es)", sizes, tc.wantBatches)
+			}
+		})
+	}
+}

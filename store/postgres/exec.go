@@ -817,6 +817,15 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 	if len(p.Completions) == 0 {
 		return out, nil
 	}
+	rows, err := e.query(ctx, completeSteps, completeArgs(p)...)
+	if err := e.completeOutcomes(ctx, p, rows, err, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// completeArgs are completeSteps' arguments for p.
+func completeArgs(p store.StepsCompleteParams) []any {
 	now := orNow(p.Now)
 	n := len(p.Completions)
 	ids, tokens, steps := make([]int64, n), make([]string, n), make([]string, n)
@@ -833,19 +842,26 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 			errs[i] = jsonText(c.Error)
 		}
 	}
+	return []any{ids, tokens, steps, attempts, success, results, errs, now}
+}
+
+// completeOutcomes reads completeSteps' rows into out (one entry per
+// completion: nil or why it was refused) and records the history of the
+// applied ones.
+func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompleteParams, rows pgx.Rows, err error, out []error) error {
 	type outcome struct {
 		ord           int64
 		leased, moved bool
 	}
-	rows, err := e.query(ctx, completeSteps, ids, tokens, steps, attempts, success, results, errs, now)
 	outcomes, err := collect(rows, err, func(r pgx.Rows) (outcome, error) {
 		var o outcome
 		err := r.Scan(&o.ord, &o.leased, &o.moved)
 		return o, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("complete %d steps: %w", n, err)
+		return fmt.Errorf("complete %d steps: %w", len(p.Completions), err)
 	}
+	now := orNow(p.Now)
 	var hs []stepHistoryRow
 	for _, o := range outcomes {
 		i := int(o.ord) - 1
@@ -863,10 +879,7 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 			hs = append(hs, stepHistoryRow{step: c.StepUUID, from: "in_progress", to: to, event: event, metadata: c.Metadata})
 		}
 	}
-	if err := e.stepHistory(ctx, now, hs...); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return e.stepHistory(ctx, now, hs...)
 }
 
 // --- durable events ---

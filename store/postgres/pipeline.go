@@ -47,9 +47,19 @@ func (p *pipeTx) queue(what, sql string, args ...any) {
 	p.pending = append(p.pending, deferred{what: what, sql: sql, args: args})
 }
 
-// batch builds a batch of BEGIN (if not yet sent), the pending statements
-// and, if sql is not empty, sql itself.
-func (p *pipeTx) batch(sql string, args []any) *pgx.Batch {
+// stmt is a statement whose result the caller reads.
+type stmt struct {
+	sql  string
+	args []any
+}
+
+// send sends BEGIN (if not yet sent) and the pending statements in front
+// of stmts, in one batch, and reads the results of all but stmts; the
+// caller reads one result per stmt, in order, and closes the batch.
+func (p *pipeTx) send(ctx context.Context, stmts ...stmt) (pgx.BatchResults, error) {
+	if p.done {
+		return nil, errTxDone
+	}
 	b := &pgx.Batch{}
 	if !p.begun {
 		b.Queue("begin")
@@ -57,21 +67,10 @@ func (p *pipeTx) batch(sql string, args []any) *pgx.Batch {
 	for _, d := range p.pending {
 		b.Queue(d.sql, d.args...)
 	}
-	if sql != "" {
-		b.Queue(sql, args...)
+	for _, s := range stmts {
+		b.Queue(s.sql, s.args...)
 	}
-	return b
-}
-
-// send sends BEGIN and the pending statements in front of sql and reads
-// their results; it returns the batch results positioned at sql's.
-func (p *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
-	if p.done {
-		return nil, errTxDone
-	}
-	b := p.batch(sql, args)
-	pending := p.pending
-	wasBegun := p.begun
+	pending, wasBegun := p.pending, p.begun
 	p.pending, p.begun = nil, true
 	br := p.conn.SendBatch(ctx, b)
 	if !wasBegun {
@@ -97,7 +96,7 @@ func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 	if p.begun && len(p.pending) == 0 {
 		return p.conn.Exec(ctx, sql, args...)
 	}
-	br, err := p.send(ctx, sql, args)
+	br, err := p.send(ctx, stmt{sql, args})
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
@@ -116,7 +115,7 @@ func (p *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 	if p.begun && len(p.pending) == 0 {
 		return p.conn.Query(ctx, sql, args...)
 	}
-	br, err := p.send(ctx, sql, args)
+	br, err := p.send(ctx, stmt{sql, args})
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +143,7 @@ func (p *pipeTx) Commit(ctx context.Context) error {
 	if !p.begun && len(p.pending) == 0 {
 		return nil
 	}
-	br, err := p.send(ctx, "commit", nil)
+	br, err := p.send(ctx, stmt{sql: "commit"})
 	if err == nil {
 		_, err = br.Exec()
 		if cerr := br.Close(); err == nil {

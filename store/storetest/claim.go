@@ -319,3 +319,63 @@ func testStepsCompleteRefused(s *suite) {
 	}
 	s.wantDepth(store.WorkerQueue("ns"), at(3*time.Minute), 0, 1)
 }
+
+// testCompleteAndLoad: the compound start of an orchestration transaction
+// locks the tasks, applies the completions (refusing a stale lease) and
+// returns the tasks and their steps as the completions left them.
+func testCompleteAndLoad(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	other := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	ids := s.newSteps(task, "ns", "a", "b", "c")
+	otherIDs := s.newSteps(other, "ns", "x")
+	s.enqueueSteps(task, "ns", ids[:2], at(time.Second))
+	claimed := s.claimSteps("ns", 10, "w", at(2*time.Second))
+	if len(claimed) != 2 {
+		s.t.Fatalf("claimed %d steps, want 2", len(claimed))
+	}
+	byStep := map[string]store.ClaimedStep{}
+	for _, c := range claimed {
+		byStep[c.StepUUID] = c
+	}
+	a, b := byStep[ids[0]], byStep[ids[1]]
+	var res *store.CompleteAndLoadResult
+	s.tx(func(tx store.Tx) error {
+		var err error
+		res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{
+			Tasks: []string{task, other},
+			Completions: []store.StepCompletion{
+				{MessageID: a.Message.ID, LeaseToken: a.Message.LeaseToken, TaskUUID: task, StepUUID: ids[0], Attempt: 1,
+					Success: true, Result: json.RawMessage(`{"n": 1}`)},
+				{MessageID: b.Message.ID, LeaseToken: "not-the-lease", TaskUUID: task, StepUUID: ids[1], Attempt: 1, Success: true},
+			},
+			Now: at(3 * time.Second),
+		})
+		return err
+	})
+	if len(res.Refused) != 2 {
+		s.t.Fatalf("Refused has %d entries, want 2", len(res.Refused))
+	}
+	s.wantErr("completion holding the lease", res.Refused[0], nil)
+	s.wantErr("completion with a stale lease", res.Refused[1], store.ErrLeaseLost)
+	if res.Tasks[task] == nil || res.Tasks[other] == nil || res.Tasks[task].State != "steps_in_process" {
+		s.t.Fatalf("Tasks = %+v, want both tasks", res.Tasks)
+	}
+	var names, states []string
+	for _, st := range res.Steps[task] {
+		names, states = append(names, st.Name), append(states, st.State)
+	}
+	s.wantStrings("loaded step names", names, []string{"a", "b", "c"})
+	s.wantStrings("loaded step states", states, []string{"enqueued_for_orchestration", "in_progress", "pending"})
+	if len(res.Steps[other]) != 1 || res.Steps[other][0].UUID != otherIDs[0] {
+		s.t.Errorf("steps of the other task = %+v", res.Steps[other])
+	}
+	s.wantTransitions("completed step history", ids[0], s.stepHistory(ids[0]), [][3]string{
+		{"pending", "enqueued", "enqueue"}, {"enqueued", "in_progress", "start"}, {"in_progress", "enqueued_for_orchestration", "succeed"},
+	})
+
+	err := s.try(func(tx store.Tx) error {
+		_, err := store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{Tasks: []string{"00000000-0000-0000-0000-000000000000"}})
+		return err
+	})
+	s.wantErr("load of a missing task", err, store.ErrNotFound)
+}

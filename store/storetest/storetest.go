@@ -79,6 +79,7 @@ var cases = []struct {
 	{"StepsClaimSkipsStaleMessages", testStepsClaimSkipsStale},
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
+	{"CompleteAndLoad", testCompleteAndLoad},
 
 	{"EventsInsertAfter", testEventsInsertAfter},
 	{"EventsDefaultLimit", testEventsDefaultLimit},
