@@ -418,10 +418,24 @@ func (e *Engine) ancestors(t *template.Template, step string) map[string]bool {
 	if v, ok := e.ancestorSets.Load(key); ok {
 		return v.(map[string]bool)
 	}
-	names := t.Ancestors(step)
-	set := make(map[string]bool, len(names))
-	for _, n := range names {
+	// Walk the template's dependencies from the step: each step costs its
+	// own ancestry, not a pass over the whole template, which matters
+	// when thousands of siblings each ask once.
+	set := map[string]bool{}
+	var queue []string
+	if def, ok := t.Step(step); ok {
+		queue = append(queue, def.Dependencies...)
+	}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		if set[n] || n == step {
+			continue
+		}
 		set[n] = true
+		if def, ok := t.Step(n); ok {
+			queue = append(queue, def.Dependencies...)
+		}
 	}
 	e.ancestorSets.Store(key, set)
 	return set
@@ -589,13 +603,20 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	}()
 	poll := 20 * time.Millisecond
 	for {
-		// One read of the task and its steps per wake-up: what decides
-		// whether it is settled is also what the caller gets.
-		row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+		// The task row alone says whether it is settled; its steps, which
+		// may be thousands, are read once it is.
+		cur, err := e.driver.Reader().TaskGet(ctx, store.TaskGetParams{UUID: taskUUID})
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, taskUUID)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if state.TaskState(row.State).Settled() {
+		if state.TaskState(cur.State).Settled() {
+			row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+			if err != nil {
+				return nil, err
+			}
 			return taskFrom(row, steps, sum), nil
 		}
 		timer := time.NewTimer(poll)

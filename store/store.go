@@ -104,6 +104,8 @@ type Executor interface {
 	DLQList(ctx context.Context, p DLQListParams) ([]DLQRow, error)
 	DLQUpdate(ctx context.Context, p DLQUpdateParams) error
 	DLQStats(ctx context.Context, p DLQStatsParams) ([]DLQStatRow, error)
+
+	Incremental
 }
 
 // TemplateRow is a stored task template version. Versions are immutable.
@@ -572,6 +574,11 @@ type CompleteAndLoadParams struct {
 	Tasks       []string
 	Completions []StepCompletion
 	Now         time.Time
+	// LimitSteps, when set, leaves out the steps of every task that has
+	// more than MaxSteps steps (see CompleteAndLoadResult.Large): the
+	// caller reads what it needs of them through Incremental.
+	LimitSteps bool
+	MaxSteps   int
 }
 
 // CompleteAndLoadResult is what CompleteAndLoad found.
@@ -583,6 +590,8 @@ type CompleteAndLoadResult struct {
 	// Steps are each task's steps in template order. Result and Error may
 	// be left empty, as StepsForTaskParams.WithoutPayloads allows.
 	Steps map[string][]StepRow
+	// Large holds the tasks whose steps were left out (LimitSteps).
+	Large map[string]bool
 }
 
 // CompleteAndLoader is implemented by transactions that can run
@@ -599,7 +608,7 @@ func CompleteAndLoad(ctx context.Context, tx Tx, p CompleteAndLoadParams) (*Comp
 	if cl, ok := tx.(CompleteAndLoader); ok {
 		return cl.CompleteAndLoad(ctx, p)
 	}
-	res := &CompleteAndLoadResult{Tasks: map[string]*TaskRow{}, Steps: map[string][]StepRow{}}
+	res := &CompleteAndLoadResult{Tasks: map[string]*TaskRow{}, Steps: map[string][]StepRow{}, Large: map[string]bool{}}
 	for _, id := range p.Tasks {
 		row, err := tx.TaskGet(ctx, TaskGetParams{UUID: id, ForUpdate: true})
 		if err != nil {
@@ -612,6 +621,16 @@ func CompleteAndLoad(ctx context.Context, tx Tx, p CompleteAndLoadParams) (*Comp
 		return nil, err
 	}
 	for _, id := range p.Tasks {
+		if p.LimitSteps {
+			n, err := tx.StepsCount(ctx, StepsCountParams{TaskUUID: id, Limit: p.MaxSteps + 1})
+			if err != nil {
+				return nil, err
+			}
+			if n > p.MaxSteps {
+				res.Large[id] = true
+				continue
+			}
+		}
 		steps, err := tx.StepsForTask(ctx, StepsForTaskParams{TaskUUID: id, WithoutPayloads: true})
 		if err != nil {
 			return nil, err

@@ -50,6 +50,10 @@ func Parse(doc []byte) (*Template, error) {
 		return nil, fmt.Errorf("hash template %s: %w", t.Key(), err)
 	}
 	t.ContentHash = sum
+	t.byName = make(map[string]int, len(t.Steps))
+	for i := range t.Steps {
+		t.byName[t.Steps[i].Name] = i
+	}
 	return t, nil
 }
 

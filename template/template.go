@@ -128,6 +128,9 @@ type Template struct {
 	pos *positions
 	// input caches the compiled InputSchema; set by Parse.
 	input *compiledSchema
+	// byName indexes Steps by name, so that Step costs the same in a
+	// template of ten thousand steps as in one of four; set by Parse.
+	byName map[string]int
 }
 
 // Lifecycle bounds, in minutes, how long a task may spend in each phase.
@@ -202,6 +205,10 @@ func (t *Template) Key() string {
 
 // Step returns the step with the given name.
 func (t *Template) Step(name string) (*Step, bool) {
+	// The index is trusted only while it still matches Steps.
+	if i, ok := t.byName[name]; ok && i < len(t.Steps) && t.Steps[i].Name == name {
+		return &t.Steps[i], true
+	}
 	for i := range t.Steps {
 		if t.Steps[i].Name == name {
 			return &t.Steps[i], true

@@ -164,6 +164,9 @@ type Orchestrator struct {
 	timerMu sync.Mutex
 	timers  map[string]time.Time
 
+	// incrementalAbove is IncrementalThreshold when New ran.
+	incrementalAbove int
+
 	life sync.Mutex
 	stop context.CancelFunc
 	done chan struct{}
@@ -174,9 +177,10 @@ func New(d store.Driver, templates *Templates, notify Notifier, cfg Config) *Orc
 	cfg.setDefaults()
 	o := &Orchestrator{
 		d: d, templates: templates, cfg: cfg, log: cfg.Logger, notify: notify,
-		wake:   make(chan struct{}, 1),
-		evalCh: chanmon.New[string]("orchestrator.evaluate", 1024),
-		timers: map[string]time.Time{},
+		wake:             make(chan struct{}, 1),
+		evalCh:           chanmon.New[string]("orchestrator.evaluate", 1024),
+		timers:           map[string]time.Time{},
+		incrementalAbove: IncrementalThreshold,
 	}
 	if cfg.Monitors != nil {
 		_ = o.cfg.Monitors.Register(o.evalCh)
@@ -479,7 +483,14 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 		}
 		eff.namespaces[task.Namespace] = struct{}{}
 	}
-	enqueued := len(msgs) > 0
+	return o.settle(ctx, tx, task, cur, sum, len(msgs) > 0, now, eff)
+}
+
+// settle moves a task, whose row tx locks and which was in state cur, to
+// the state its readiness summary calls for; enqueued says whether this
+// transaction enqueued any of its steps.
+func (o *Orchestrator) settle(ctx context.Context, tx store.Tx, task *store.TaskRow, cur state.TaskState, sum Summary,
+	enqueued bool, now time.Time, eff *effects) error {
 	var target state.TaskState
 	switch {
 	case sum.AllComplete():
@@ -652,6 +663,13 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 	if err != nil {
 		return err
 	}
+	t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
+	if err != nil {
+		return fmt.Errorf("task %s: %w", taskUUID, err)
+	}
+	if o.large(len(t.Steps)) {
+		return o.processLargeTask(ctx, tx, task, t, resultSteps, now, eff)
+	}
 	steps, err := tx.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID, WithoutPayloads: true})
 	if err != nil {
 		return err
@@ -663,11 +681,21 @@ func (o *Orchestrator) processTask(ctx context.Context, tx store.Tx, taskUUID st
 // and whose steps it read after locking it.
 func (o *Orchestrator) processLockedTask(ctx context.Context, tx store.Tx, task *store.TaskRow, steps []store.StepRow,
 	resultSteps map[string]bool, now time.Time, eff *effects) error {
-	taskUUID := task.UUID
 	t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
 	if err != nil {
-		return fmt.Errorf("task %s: %w", taskUUID, err)
+		return fmt.Errorf("task %s: %w", task.UUID, err)
 	}
+	if err := o.applyResults(ctx, tx, task, t, steps, resultSteps, now, eff); err != nil {
+		return err
+	}
+	return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
+}
+
+// applyResults applies the results of the steps named in resultSteps,
+// updating them in steps, and writes the durable events of their outcomes.
+func (o *Orchestrator) applyResults(ctx context.Context, tx store.Tx, task *store.TaskRow, t *template.Template,
+	steps []store.StepRow, resultSteps map[string]bool, now time.Time, eff *effects) error {
+	taskUUID := task.UUID
 	for i := range steps {
 		s := &steps[i]
 		if !resultSteps[s.UUID] {
@@ -707,7 +735,7 @@ func (o *Orchestrator) processLockedTask(ctx context.Context, tx store.Tx, task 
 			eff.events += n
 		}
 	}
-	return o.evaluate(ctx, tx, task, steps, t, now, false, eff)
+	return nil
 }
 
 // CompleteSteps records handler outcomes and, in the same transaction,
@@ -737,7 +765,8 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			ids[c.TaskUUID] = true
 		}
 		loaded, err := store.CompleteAndLoad(ctx, tx, store.CompleteAndLoadParams{
-			Tasks: sortedKeys(ids), Completions: completions, Now: now})
+			Tasks: sortedKeys(ids), Completions: completions, Now: now,
+			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove})
 		if err != nil {
 			return err
 		}
@@ -753,6 +782,17 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			byTask[c.TaskUUID][c.StepUUID] = true
 		}
 		for _, id := range sortedKeys(byTask) {
+			if loaded.Large[id] {
+				task := loaded.Tasks[id]
+				t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
+				if err != nil {
+					return fmt.Errorf("task %s: %w", id, err)
+				}
+				if err := o.processLargeTask(ctx, tx, task, t, byTask[id], now, eff); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := o.processLockedTask(ctx, tx, loaded.Tasks[id], loaded.Steps[id], byTask[id], now, eff); err != nil {
 				return err
 			}

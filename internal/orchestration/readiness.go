@@ -2,6 +2,7 @@ package orchestration
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tasker-go/tasker/state"
@@ -109,27 +110,42 @@ func Evaluate(steps []StepView, now time.Time) Summary {
 		case s.State.InFlight():
 			sum.InFlight++
 		case s.State == state.StepPending || s.State == state.StepWaitingForRetry:
-			backoffOver := s.State == state.StepPending || s.NextRetryAt == nil || !s.NextRetryAt.After(now)
-			r.NextRetryAt = s.NextRetryAt
-			switch {
-			case !r.DependenciesSatisfied:
-				r.BlockedReason = "waiting for " + joinWords(waitingOn)
-			case !r.RetryEligible:
-				r.BlockedReason = fmt.Sprintf("no attempts left (%d of %d used)", s.Attempts, s.MaxAttempts)
-			case !backoffOver:
-				r.BlockedReason = "backing off until " + s.NextRetryAt.UTC().Format(time.RFC3339Nano)
-				sum.PendingRetries++
-				if sum.EarliestRetry == nil || s.NextRetryAt.Before(*sum.EarliestRetry) {
-					t := *s.NextRetryAt
-					sum.EarliestRetry = &t
-				}
-			default:
-				r.Ready = true
-				sum.Ready = append(sum.Ready, s.UUID)
-			}
+			sum.judgeWaiting(s, &r, waitingOn, now)
 		}
 		sum.Steps[s.UUID] = r
 	}
+	sum.setStatus()
+	return sum
+}
+
+// judgeWaiting decides whether a pending or waiting_for_retry step is
+// ready, backing off, or blocked, and counts it in sum. r must already say
+// whether its dependencies are satisfied; waitingOn names the parents that
+// are not.
+func (sum *Summary) judgeWaiting(s *StepView, r *StepReadiness, waitingOn []string, now time.Time) {
+	r.RetryEligible = s.Attempts == 0 || (s.Retryable && s.Attempts < s.MaxAttempts)
+	backoffOver := s.State == state.StepPending || s.NextRetryAt == nil || !s.NextRetryAt.After(now)
+	r.NextRetryAt = s.NextRetryAt
+	switch {
+	case !r.DependenciesSatisfied:
+		r.BlockedReason = "waiting for " + joinWords(waitingOn)
+	case !r.RetryEligible:
+		r.BlockedReason = fmt.Sprintf("no attempts left (%d of %d used)", s.Attempts, s.MaxAttempts)
+	case !backoffOver:
+		r.BlockedReason = "backing off until " + s.NextRetryAt.UTC().Format(time.RFC3339Nano)
+		sum.PendingRetries++
+		if sum.EarliestRetry == nil || s.NextRetryAt.Before(*sum.EarliestRetry) {
+			t := *s.NextRetryAt
+			sum.EarliestRetry = &t
+		}
+	default:
+		r.Ready = true
+		sum.Ready = append(sum.Ready, s.UUID)
+	}
+}
+
+// setStatus applies the status precedence to the counts.
+func (sum *Summary) setStatus() {
 	switch {
 	case sum.Errored > 0:
 		sum.Status = StatusBlockedByFailures
@@ -142,7 +158,6 @@ func Evaluate(steps []StepView, now time.Time) Summary {
 	default:
 		sum.Status = StatusWaitingForDependencies
 	}
-	return sum
 }
 
 func joinWords(items []string) string {
@@ -152,16 +167,5 @@ func joinWords(items []string) string {
 	case 1:
 		return items[0]
 	}
-	out := ""
-	for i, it := range items {
-		switch {
-		case i == 0:
-			out = it
-		case i == len(items)-1:
-			out += " and " + it
-		default:
-			out += ", " + it
-		}
-	}
-	return out
+	return strings.Join(items[:len(items)-1], ", ") + " and " + items[len(items)-1]
 }

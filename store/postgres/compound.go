@@ -28,8 +28,21 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	if len(p.Completions) > 0 {
 		stmts = append(stmts, stmt{sql: completeSteps, args: completeArgs(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now})})
 	}
-	stmts = append(stmts, stmt{sql: `SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = ANY($1)
-		ORDER BY s.task_uuid, s.position`, args: []any{p.Tasks}})
+	if p.LimitSteps {
+		// The counts stop at MaxSteps+1 rows per task, so telling a large
+		// task costs no more than reading a small one.
+		res.Large = make(map[string]bool)
+		stmts = append(stmts, stmt{sql: `SELECT t.id FROM unnest($1::text[]) AS t(id)
+			WHERE (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.id LIMIT $2) x) >= $2`,
+			args: []any{p.Tasks, p.MaxSteps + 1}})
+		stmts = append(stmts, stmt{sql: `WITH small AS (SELECT t.id FROM unnest($1::text[]) AS t(id)
+				WHERE (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.id LIMIT $2) x) < $2)
+			SELECT ` + stepCols + ` FROM tasker_steps s JOIN small ON s.task_uuid = small.id
+			ORDER BY s.task_uuid, s.position`, args: []any{p.Tasks, p.MaxSteps + 1}})
+	} else {
+		stmts = append(stmts, stmt{sql: `SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = ANY($1)
+			ORDER BY s.task_uuid, s.position`, args: []any{p.Tasks}})
+	}
 	br, err := t.tx.send(ctx, stmts...)
 	if err != nil {
 		return nil, fmt.Errorf("lock and complete: %w", mapErr(err))
@@ -48,6 +61,16 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 		rows, err := br.Query()
 		if err := t.completeOutcomes(ctx, store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, rows, mapErr(err), res.Refused); err != nil {
 			return nil, err
+		}
+	}
+	if p.LimitSteps {
+		rows, err := br.Query()
+		large, err := collect(rows, mapErr(err), scanString)
+		if err != nil {
+			return nil, fmt.Errorf("count steps: %w", err)
+		}
+		for _, id := range large {
+			res.Large[id] = true
 		}
 	}
 	rows, err = br.Query()

@@ -1,0 +1,163 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+// stepColsBare are stepCols without payloads and parents.
+const stepColsBare = `s.step_uuid, s.task_uuid, s.name, s.namespace, s.position, s.callable, s.state, s.attempts, s.max_attempts,
+	s.retryable, NULL::jsonb, NULL::jsonb, s.next_retry_at, s.last_attempted_at, s.created_at, s.updated_at, s.completed_at,
+	NULL::text[]`
+
+func (e *executor) StepsCount(ctx context.Context, p store.StepsCountParams) (int, error) {
+	var n int
+	var err error
+	if p.Limit > 0 {
+		err = e.queryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM tasker_steps WHERE task_uuid = $1 LIMIT $2) x`,
+			p.TaskUUID, p.Limit).Scan(&n)
+	} else {
+		err = e.queryRow(ctx, `SELECT count(*) FROM tasker_steps WHERE task_uuid = $1`, p.TaskUUID).Scan(&n)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count steps of task %s: %w", p.TaskUUID, mapErr(err))
+	}
+	return n, nil
+}
+
+func (e *executor) StepsGet(ctx context.Context, p store.StepsGetParams) ([]store.StepRow, error) {
+	if len(p.UUIDs) == 0 {
+		return nil, nil
+	}
+	rows, err := e.query(ctx, `SELECT `+stepColsBare+` FROM tasker_steps s
+		WHERE s.step_uuid = ANY($1) AND s.task_uuid = $2 ORDER BY s.position`, p.UUIDs, p.TaskUUID)
+	out, err := collect(rows, err, func(r pgx.Rows) (store.StepRow, error) { return scanStep(r) })
+	if err != nil {
+		return nil, fmt.Errorf("read %d steps of task %s: %w", len(p.UUIDs), p.TaskUUID, err)
+	}
+	return out, nil
+}
+
+// progressCandidates finds the steps that may be ready. Each is looked up
+// by its key (OFFSET 0 keeps the planner from scanning the task's steps by
+// state instead, which it prefers on tables it has no statistics for and
+// which is quadratic when ten thousand children become ready). A step's parents
+// are checked newest first and the check stops at the first parent that
+// is not done: in a fan-in, the parents enqueued last tend to finish last,
+// so the join's check stays short while its parents complete.
+const progressCandidates = `WITH ids AS (
+		SELECT unnest($2::text[]) AS step_uuid
+		UNION SELECT e.to_step_uuid FROM tasker_step_edges e WHERE e.from_step_uuid = ANY($2)
+		UNION SELECT w.step_uuid FROM tasker_steps w WHERE w.task_uuid = $1 AND w.state = 'waiting_for_retry'
+	)
+	SELECT ` + stepColsBare + `, blocker.x IS NULL
+	FROM ids CROSS JOIN LATERAL (SELECT * FROM tasker_steps s WHERE s.step_uuid = ids.step_uuid OFFSET 0) s
+	LEFT JOIN LATERAL (
+		SELECT 1 AS x FROM tasker_step_edges e JOIN tasker_steps p ON p.step_uuid = e.from_step_uuid
+		WHERE e.to_step_uuid = s.step_uuid AND p.state NOT IN ('complete', 'resolved_manually')
+		ORDER BY e.from_step_uuid DESC LIMIT 1
+	) blocker ON true
+	WHERE s.task_uuid = $1 AND s.state IN ('pending', 'waiting_for_retry')
+	ORDER BY s.position`
+
+// progressStates lists the states a task's steps are in by skipping
+// through the (task_uuid, state) index: one probe per state present, not
+// one row per step.
+const progressStates = `WITH RECURSIVE st AS (
+		(SELECT state FROM tasker_steps WHERE task_uuid = $1 ORDER BY state LIMIT 1)
+		UNION ALL
+		SELECT (SELECT s.state FROM tasker_steps s WHERE s.task_uuid = $1 AND s.state > st.state ORDER BY s.state LIMIT 1)
+		FROM st WHERE st.state IS NOT NULL
+	)
+	SELECT state FROM st WHERE state IS NOT NULL`
+
+func (e *executor) TaskProgress(ctx context.Context, p store.TaskProgressParams) (*store.TaskProgress, error) {
+	ids := p.Steps
+	if ids == nil {
+		ids = []string{}
+	}
+	out := &store.TaskProgress{}
+	rows, err := e.query(ctx, progressStates, p.TaskUUID)
+	if out.States, err = collect(rows, err, scanString); err != nil {
+		return nil, fmt.Errorf("read step states of task %s: %w", p.TaskUUID, err)
+	}
+	rows, err = e.query(ctx, progressCandidates, p.TaskUUID, ids)
+	if out.Candidates, err = collectCandidates(rows, err); err != nil {
+		return nil, fmt.Errorf("find ready steps of task %s: %w", p.TaskUUID, err)
+	}
+	return out, nil
+}
+
+// TaskProgress in a transaction sends both of its queries in one round
+// trip.
+func (t *txExec) TaskProgress(ctx context.Context, p store.TaskProgressParams) (*store.TaskProgress, error) {
+	ids := p.Steps
+	if ids == nil {
+		ids = []string{}
+	}
+	br, err := t.tx.send(ctx, stmt{sql: progressStates, args: []any{p.TaskUUID}},
+		stmt{sql: progressCandidates, args: []any{p.TaskUUID, ids}})
+	if err != nil {
+		return nil, fmt.Errorf("read progress of task %s: %w", p.TaskUUID, mapErr(err))
+	}
+	defer br.Close()
+	out := &store.TaskProgress{}
+	rows, err := br.Query()
+	if out.States, err = collect(rows, mapErr(err), scanString); err != nil {
+		return nil, fmt.Errorf("read step states of task %s: %w", p.TaskUUID, err)
+	}
+	rows, err = br.Query()
+	if out.Candidates, err = collectCandidates(rows, mapErr(err)); err != nil {
+		return nil, fmt.Errorf("find ready steps of task %s: %w", p.TaskUUID, err)
+	}
+	return out, nil
+}
+
+func scanString(r pgx.Rows) (string, error) {
+	var s string
+	err := r.Scan(&s)
+	return s, err
+}
+
+func collectCandidates(rows pgx.Rows, err error) ([]store.ProgressStep, error) {
+	return collect(rows, err, func(r pgx.Rows) (store.ProgressStep, error) {
+		var c store.ProgressStep
+		var result, errJSON []byte
+		err := r.Scan(&c.UUID, &c.TaskUUID, &c.Name, &c.Namespace, &c.Position, &c.Callable, &c.State, &c.Attempts,
+			&c.MaxAttempts, &c.Retryable, &result, &errJSON, &c.NextRetryAt, &c.LastAttemptedAt, &c.CreatedAt, &c.UpdatedAt,
+			&c.CompletedAt, &c.Parents, &c.DependenciesSatisfied)
+		c.NextRetryAt, c.LastAttemptedAt, c.CompletedAt = utcPtr(c.NextRetryAt), utcPtr(c.LastAttemptedAt), utcPtr(c.CompletedAt)
+		c.CreatedAt, c.UpdatedAt, c.Parents = c.CreatedAt.UTC(), c.UpdatedAt.UTC(), nil
+		return c, err
+	})
+}
+
+func (e *executor) StepsEnqueue(ctx context.Context, p store.StepsEnqueueParams) error {
+	n := len(p.Steps)
+	if n == 0 {
+		return nil
+	}
+	now := orNow(p.Now)
+	what := "enqueue " + strconv.Itoa(n) + " steps of task " + p.TaskUUID + " from " + p.From
+	const update = `UPDATE tasker_steps SET state = 'enqueued', updated_at = $1, completed_at = NULL, next_retry_at = NULL
+		WHERE step_uuid = ANY($2) AND task_uuid = $3 AND state = $4`
+	guard := `WITH u AS (` + update + ` RETURNING 1) SELECT tasker_expect_count((SELECT count(*) FROM u), $5, $6)`
+	if err := e.execLater(ctx, what, guard, now, p.Steps, p.TaskUUID, p.From, n, what); err != nil {
+		return err
+	}
+	hs := make([]stepHistoryRow, n)
+	msgs := make([]store.QueueMessageInsert, n)
+	for i, id := range p.Steps {
+		hs[i] = stepHistoryRow{step: id, from: p.From, to: "enqueued", event: "enqueue"}
+		msgs[i] = store.QueueMessageInsert{Queue: p.Queue, TaskUUID: p.TaskUUID, StepUUID: id, Priority: p.Priority}
+	}
+	if err := e.stepHistory(ctx, now, hs...); err != nil {
+		return err
+	}
+	return e.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now})
+}

@@ -1,0 +1,218 @@
+package storetest
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+// The Incremental cases join the suite here, beside the DAG they share.
+func init() {
+	cases = append(cases, []struct {
+		name string
+		run  func(s *suite)
+	}{
+		{"StepsCountAndGet", testStepsCountAndGet},
+		{"TaskProgress", testTaskProgress},
+		{"StepsEnqueue", testStepsEnqueue},
+		{"StepsEnqueueConflict", testStepsEnqueueConflict},
+		{"CompleteAndLoadLimitSteps", testCompleteAndLoadLimitSteps},
+	}...)
+}
+
+// dag inserts steps with the given parents (by name; map order is not
+// used: names lists the steps in position order) and returns their UUIDs
+// by name.
+func (s *suite) dag(task string, names []string, parents map[string][]string) map[string]string {
+	s.t.Helper()
+	ids := map[string]string{}
+	p := store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: t0}
+	for i, n := range names {
+		ids[n] = uuid.NewString()
+		p.Steps = append(p.Steps, store.StepInsert{UUID: ids[n], Name: n, Position: i, Callable: "h." + n,
+			MaxAttempts: 3, Retryable: true})
+	}
+	for _, n := range names {
+		for _, par := range parents[n] {
+			p.Edges = append(p.Edges, store.Edge{From: ids[par], To: ids[n]})
+		}
+	}
+	s.tx(func(tx store.Tx) error { return tx.StepsInsert(s.ctx, p) })
+	return ids
+}
+
+// setState moves a step through transitions to st without the queue.
+func (s *suite) setState(id string, path ...string) {
+	s.t.Helper()
+	s.tx(func(tx store.Tx) error {
+		for i := 1; i < len(path); i++ {
+			p := store.StepTransitionParams{UUID: id, From: path[i-1], To: path[i], Event: "test", Now: at(time.Second)}
+			if path[i] == "waiting_for_retry" {
+				p.SetNextRetryAt, p.NextRetryAt = true, ptr(at(time.Hour))
+			}
+			if err := tx.StepTransition(s.ctx, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func testStepsCountAndGet(s *suite) {
+	task := s.newTask(store.TaskInsertParams{})
+	other := s.newTask(store.TaskInsertParams{})
+	ids := s.newSteps(task, "ns", "a", "b", "c", "d")
+	otherIDs := s.newSteps(other, "ns", "x")
+	for _, c := range []struct{ limit, want int }{{0, 4}, {2, 2}, {4, 4}, {5, 4}} {
+		n, err := s.r().StepsCount(s.ctx, store.StepsCountParams{TaskUUID: task, Limit: c.limit})
+		if err != nil || n != c.want {
+			s.t.Errorf("StepsCount limit %d = %d, %v; want %d", c.limit, n, err, c.want)
+		}
+	}
+	var rows []store.StepRow
+	s.tx(func(tx store.Tx) error {
+		var err error
+		rows, err = tx.StepsGet(s.ctx, store.StepsGetParams{TaskUUID: task, UUIDs: []string{ids[3], ids[1], otherIDs[0], uuid.NewString()}})
+		return err
+	})
+	var names []string
+	for _, r := range rows {
+		names = append(names, r.Name)
+		if r.TaskUUID != task || r.State != "pending" || r.MaxAttempts != 3 || !r.Retryable || r.Result != nil {
+			s.t.Errorf("StepsGet row %+v", r)
+		}
+	}
+	s.wantStrings("StepsGet names (position order, other task left out)", names, []string{"b", "d"})
+}
+
+// testTaskProgress: the states present, and the candidates that may be ready
+// with whether their parents are all done.
+func testTaskProgress(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	// root → b, c; b, c → join; root → e; lone waits for a retry.
+	ids := s.dag(task, []string{"root", "b", "c", "join", "e", "lone"}, map[string][]string{
+		"b": {"root"}, "c": {"root"}, "join": {"b", "c"}, "e": {"root"},
+	})
+	s.setState(ids["root"], "pending", "enqueued", "in_progress", "enqueued_for_orchestration", "complete")
+	s.setState(ids["b"], "pending", "enqueued", "in_progress", "enqueued_for_orchestration", "complete")
+	s.setState(ids["e"], "pending", "enqueued")
+	s.setState(ids["lone"], "pending", "enqueued", "in_progress", "enqueued_as_error_for_orchestration", "waiting_for_retry")
+
+	progress := func(changed ...string) *store.TaskProgress {
+		var p *store.TaskProgress
+		s.tx(func(tx store.Tx) error {
+			var err error
+			p, err = tx.TaskProgress(s.ctx, store.TaskProgressParams{TaskUUID: task, Steps: changed})
+			return err
+		})
+		return p
+	}
+	p := progress(ids["b"])
+	s.wantSet("States", p.States, []string{"complete", "pending", "enqueued", "waiting_for_retry"})
+	got := func(p *store.TaskProgress) []string {
+		var out []string
+		for _, c := range p.Candidates {
+			out = append(out, fmt.Sprintf("%s:%s:%v", c.Name, c.State, c.DependenciesSatisfied))
+		}
+		return out
+	}
+	// b's child join waits for c; lone waits for its retry.
+	s.wantStrings("candidates after b", got(p), []string{"join:pending:false", "lone:waiting_for_retry:true"})
+	for _, c := range p.Candidates {
+		if c.Name == "lone" && (c.NextRetryAt == nil || !c.NextRetryAt.Equal(at(time.Hour)) || c.Attempts != 0 || c.MaxAttempts != 3) {
+			s.t.Errorf("lone candidate = %+v", c.StepRow)
+		}
+	}
+	// root's children: b (done, not a candidate), c (ready), e (enqueued).
+	s.wantStrings("candidates after root", got(progress(ids["root"])),
+		[]string{"c:pending:true", "lone:waiting_for_retry:true"})
+	s.setState(ids["c"], "pending", "enqueued", "in_progress", "enqueued_for_orchestration", "complete")
+	s.wantStrings("candidates after c", got(progress(ids["c"])),
+		[]string{"join:pending:true", "lone:waiting_for_retry:true"})
+	s.wantStrings("candidates with nothing changed", got(progress()), []string{"lone:waiting_for_retry:true"})
+}
+
+func testStepsEnqueue(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	ids := s.newSteps(task, "ns", "a", "b", "c", "d")
+	s.setState(ids[3], "pending", "enqueued", "in_progress", "enqueued_as_error_for_orchestration", "waiting_for_retry")
+	now := at(time.Minute)
+	s.tx(func(tx store.Tx) error {
+		if err := tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: []string{ids[2], ids[0]}, From: "pending",
+			Queue: store.WorkerQueue("ns"), Priority: 5, Now: now}); err != nil {
+			return err
+		}
+		return tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: []string{ids[3]}, From: "waiting_for_retry",
+			Queue: store.WorkerQueue("ns"), Priority: 5, Now: now})
+	})
+	for i, want := range []string{"enqueued", "pending", "enqueued", "enqueued"} {
+		st := s.step(ids[i])
+		if st.State != want || st.NextRetryAt != nil || st.CompletedAt != nil {
+			s.t.Errorf("step %d: state %s next_retry_at %v completed_at %v, want %s and no times", i, st.State, st.NextRetryAt, st.CompletedAt, want)
+		}
+	}
+	s.wantTransitions("enqueued step history", ids[2], s.stepHistory(ids[2]), [][3]string{{"pending", "enqueued", "enqueue"}})
+	h := s.stepHistory(ids[3])
+	if last := h[len(h)-1]; last.From != "waiting_for_retry" || last.To != "enqueued" || last.Event != "enqueue" || last.SortKey != len(h) {
+		s.t.Errorf("retried step's last history row = %+v (of %d)", last, len(h))
+	}
+	s.wantDepth(store.WorkerQueue("ns"), now, 3, 0)
+	claimed := s.claimSteps("ns", 10, "w", now)
+	var order []string
+	for _, c := range claimed {
+		order = append(order, c.StepUUID)
+		if c.Message.Payload != nil && string(c.Message.Payload) != "null" {
+			var v any
+			if json.Unmarshal(c.Message.Payload, &v) == nil && v != nil {
+				s.t.Errorf("message payload = %s, want none", c.Message.Payload)
+			}
+		}
+	}
+	s.wantStrings("claim order follows Steps", order, []string{ids[2], ids[0], ids[3]})
+}
+
+// testStepsEnqueueConflict: one step not in From fails the transaction
+// with a state conflict and changes nothing.
+func testStepsEnqueueConflict(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	ids := s.newSteps(task, "ns", "a", "b")
+	s.setState(ids[1], "pending", "enqueued")
+	err := s.try(func(tx store.Tx) error {
+		return tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: ids, From: "pending",
+			Queue: store.WorkerQueue("ns"), Now: at(time.Minute)})
+	})
+	s.wantErr("enqueue of a step in another state", err, store.ErrStateConflict)
+	if st := s.step(ids[0]); st.State != "pending" {
+		s.t.Errorf("step a is %s after the failed enqueue, want pending", st.State)
+	}
+	if h := s.stepHistory(ids[0]); len(h) != 0 {
+		s.t.Errorf("step a has %d history rows after the failed enqueue, want 0", len(h))
+	}
+}
+
+// testCompleteAndLoadLimitSteps: with LimitSteps, a task with more than
+// MaxSteps steps is locked but its steps are not read.
+func testCompleteAndLoadLimitSteps(s *suite) {
+	small := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	big := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	s.newSteps(small, "ns", "a", "b")
+	s.newSteps(big, "ns", "a", "b", "c")
+	var res *store.CompleteAndLoadResult
+	s.tx(func(tx store.Tx) error {
+		var err error
+		res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{Tasks: []string{small, big},
+			LimitSteps: true, MaxSteps: 2, Now: at(time.Second)})
+		return err
+	})
+	if res.Tasks[small] == nil || res.Tasks[big] == nil {
+		s.t.Fatalf("Tasks = %v, want both", res.Tasks)
+	}
+	if len(res.Steps[small]) != 2 || len(res.Steps[big]) != 0 || res.Large[small] || !res.Large[big] {
+		s.t.Errorf("steps small %d big %d, large %v; want 2, 0 and only the big task large",
+			len(res.Steps[small]), len(res.Steps[big]), res.Large)
+	}
+}
