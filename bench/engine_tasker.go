@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -142,27 +141,24 @@ func (t *taskerEngine) submit(ctx context.Context, s shape) (string, error) {
 	return task.UUID, nil
 }
 
-// submitMany creates the tasks from four goroutines: Tasker has no batch
-// creation.
+// submitMany creates the tasks in batches of 1,000 with CreateTasks (one
+// transaction per batch), as River's side inserts its first jobs.
 func (t *taskerEngine) submitMany(ctx context.Context, s shape, n int) error {
 	t.mu.Lock()
 	t.burnTarget = n
 	t.mu.Unlock()
-	errs := make(chan error, 4)
-	var wg sync.WaitGroup
-	for g := range 4 {
-		wg.Go(func() {
-			for i := g; i < n; i += 4 {
-				if _, err := t.eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "bench", Name: s.name}); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
+	for done := 0; done < n; {
+		size := min(n-done, tasker.MaxCreateBatch)
+		reqs := make([]tasker.TaskRequest, size)
+		for i := range reqs {
+			reqs[i] = tasker.TaskRequest{Namespace: "bench", Name: s.name}
+		}
+		if _, err := t.eng.CreateTasks(ctx, reqs); err != nil {
+			return err
+		}
+		done += size
 	}
-	wg.Wait()
-	close(errs)
-	return errors.Join(<-errs)
+	return nil
 }
 
 // drain waits, without touching the database, until the handler of every

@@ -287,20 +287,31 @@ func (o *Orchestrator) CreateTaskAndClaim(ctx context.Context, p CreateTaskParam
 	return task, steps, Evaluate(views, o.cfg.Now()), claimed, nil
 }
 
-func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim store.StepsClaimParams) (*store.TaskRow, []store.StepRow, []store.ClaimedStep, error) {
+// newTask is a validated task, ready to insert.
+type newTask struct {
+	t        *template.Template
+	task     *store.TaskRow
+	steps    []store.StepRow
+	inserts  []store.StepInsert
+	edges    []store.Edge
+	identity string
+	p        CreateTaskParams
+}
+
+// prepareTask validates a request and builds the rows of its task.
+func (o *Orchestrator) prepareTask(ctx context.Context, p CreateTaskParams, now time.Time) (*newTask, error) {
 	t, err := o.templates.Get(ctx, p.Namespace, p.Name, p.Version)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	taskCtx, err := normaliseContext(t, p.Context)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	identity, err := identityHash(t, taskCtx, p.IdempotencyKey)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	now := o.cfg.Now()
 	task := &store.TaskRow{
 		UUID: uuid.Must(uuid.NewV7()).String(), Namespace: t.Namespace, Name: t.Name, Version: t.Version,
 		State: string(state.TaskPending), Context: taskCtx, IdentityHash: identity, Initiator: p.Initiator,
@@ -325,24 +336,55 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim
 			steps[i].Parents = append(steps[i].Parents, ids[dep])
 		}
 	}
+	return &newTask{t: t, task: task, steps: steps, inserts: inserts, edges: edges, identity: identity, p: p}, nil
+}
+
+// insert writes a prepared task in tx and enqueues its ready steps.
+func (o *Orchestrator) insert(ctx context.Context, tx store.Tx, n *newTask, now time.Time, eff *effects) error {
+	p, t := n.p, n.t
+	if err := tx.TaskInsert(ctx, store.TaskInsertParams{
+		UUID: n.task.UUID, Namespace: n.task.Namespace, Name: n.task.Name, Version: n.task.Version, State: n.task.State,
+		Context: n.task.Context, IdentityHash: n.identity, Initiator: p.Initiator, SourceSystem: p.SourceSystem,
+		Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, Now: now,
+	}); err != nil {
+		if errors.Is(err, store.ErrDuplicateIdentity) {
+			return fmt.Errorf("create %s task: %w", t.Key(), ErrDuplicateTask)
+		}
+		return fmt.Errorf("create %s task: %w", t.Key(), err)
+	}
+	if err := tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: n.task.UUID, Namespace: t.Namespace,
+		Steps: n.inserts, Edges: n.edges, Now: now}); err != nil {
+		return fmt.Errorf("create %s task: %w", t.Key(), err)
+	}
+	return o.evaluate(ctx, tx, n.task, n.steps, t, now, false, eff)
+}
+
+// markStarted shows the claimed steps among steps as started.
+func markStarted(steps []store.StepRow, claimed []store.ClaimedStep, now time.Time) {
+	if len(claimed) == 0 {
+		return
+	}
+	started := make(map[string]int, len(claimed))
+	for _, c := range claimed {
+		started[c.StepUUID] = c.Attempt
+	}
+	for i := range steps {
+		if attempt, ok := started[steps[i].UUID]; ok {
+			steps[i].State, steps[i].Attempts, steps[i].LastAttemptedAt = string(state.StepInProgress), attempt, &now
+		}
+	}
+}
+
+func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim store.StepsClaimParams) (*store.TaskRow, []store.StepRow, []store.ClaimedStep, error) {
+	now := o.cfg.Now()
+	n, err := o.prepareTask(ctx, p, now)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	eff := newEffects()
 	var claimed []store.ClaimedStep
 	err = store.InTx(ctx, o.d, func(tx store.Tx) error {
-		if err := tx.TaskInsert(ctx, store.TaskInsertParams{
-			UUID: task.UUID, Namespace: task.Namespace, Name: task.Name, Version: task.Version, State: task.State,
-			Context: task.Context, IdentityHash: identity, Initiator: p.Initiator, SourceSystem: p.SourceSystem,
-			Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, Now: now,
-		}); err != nil {
-			if errors.Is(err, store.ErrDuplicateIdentity) {
-				return fmt.Errorf("create %s task: %w", t.Key(), ErrDuplicateTask)
-			}
-			return fmt.Errorf("create %s task: %w", t.Key(), err)
-		}
-		if err := tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: task.UUID, Namespace: t.Namespace,
-			Steps: inserts, Edges: edges, Now: now}); err != nil {
-			return fmt.Errorf("create %s task: %w", t.Key(), err)
-		}
-		if err := o.evaluate(ctx, tx, task, steps, t, now, false, eff); err != nil {
+		if err := o.insert(ctx, tx, n, now, eff); err != nil {
 			return err
 		}
 		var err error
@@ -353,17 +395,77 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim
 		return nil, nil, nil, err
 	}
 	o.announce(eff)
-	// The returned steps show the claimed ones as started.
-	started := make(map[string]int, len(claimed))
-	for _, c := range claimed {
-		started[c.StepUUID] = c.Attempt
-	}
-	for i := range steps {
-		if attempt, ok := started[steps[i].UUID]; ok {
-			steps[i].State, steps[i].Attempts, steps[i].LastAttemptedAt = string(state.StepInProgress), attempt, &now
+	markStarted(n.steps, claimed, now)
+	return n.task, n.steps, claimed, nil
+}
+
+// CreatedTask is one task made by CreateTasks.
+type CreatedTask struct {
+	Task    *store.TaskRow
+	Steps   []store.StepRow
+	Summary Summary
+}
+
+// BatchError names the request of a batch that was refused.
+type BatchError struct {
+	Index int // position of the request in the batch
+	Err   error
+}
+
+func (e *BatchError) Error() string { return fmt.Sprintf("request %d: %v", e.Index, e.Err) }
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// CreateTasks creates many tasks in one transaction, all or none: a
+// request that CreateTask would refuse (or an identity collision, with a
+// stored task or within the batch) refuses the whole batch with a
+// *BatchError naming it. Like CreateTaskAndClaim it may claim steps for a
+// worker in this process in the same transaction.
+func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
+	claim store.StepsClaimParams) ([]CreatedTask, []store.ClaimedStep, error) {
+	now := o.cfg.Now()
+	prepared := make([]*newTask, len(ps))
+	// Requests of a batch usually name one template: resolve each name
+	// (and its latest version) once per batch.
+	resolved := map[[3]string]string{}
+	for i, p := range ps {
+		key := [3]string{p.Namespace, p.Name, p.Version}
+		if v, ok := resolved[key]; ok {
+			p.Version = v
+		} else if t, err := o.templates.Get(ctx, p.Namespace, p.Name, p.Version); err == nil {
+			resolved[key], p.Version = t.Version, t.Version
 		}
+		n, err := o.prepareTask(ctx, p, now)
+		if err != nil {
+			return nil, nil, &BatchError{Index: i, Err: err}
+		}
+		prepared[i] = n
 	}
-	return task, steps, claimed, nil
+	eff := newEffects()
+	var claimed []store.ClaimedStep
+	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+		for i, n := range prepared {
+			if err := o.insert(ctx, tx, n, now, eff); err != nil {
+				return &BatchError{Index: i, Err: err}
+			}
+		}
+		var err error
+		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	o.announce(eff)
+	out := make([]CreatedTask, len(prepared))
+	for i, n := range prepared {
+		markStarted(n.steps, claimed, now)
+		views := make([]StepView, len(n.steps))
+		for j, s := range n.steps {
+			views[j] = viewOf(s)
+		}
+		out[i] = CreatedTask{Task: n.task, Steps: n.steps, Summary: Evaluate(views, now)}
+	}
+	return out, claimed, nil
 }
 
 // claimFor claims steps for a worker in this process at the end of an

@@ -1,0 +1,70 @@
+package tasker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tasker-go/tasker/internal/orchestration"
+	"github.com/tasker-go/tasker/store"
+)
+
+// BatchError is returned by CreateTasks when a request of the batch is
+// refused; it names the request's position, and errors.Is sees through it
+// to the reason (ErrDuplicateTask, ErrTemplateNotFound, ErrInvalidContext…).
+type BatchError = orchestration.BatchError
+
+// MaxCreateBatch is the most requests CreateTasks takes at once.
+const MaxCreateBatch = 1000
+
+// CreateTasks creates many tasks in one transaction: all of them, or, if
+// any request is refused, none (the error is a *BatchError naming the
+// first refused request). Submitting many tasks this way costs one commit
+// instead of one per task. The tasks are returned in request order.
+func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	if len(reqs) > MaxCreateBatch {
+		return nil, fmt.Errorf("create tasks: %d requests, at most %d per batch", len(reqs), MaxCreateBatch)
+	}
+	ps := make([]orchestration.CreateTaskParams, len(reqs))
+	for i, req := range reqs {
+		raw, err := marshalContext(req.Context)
+		if err != nil {
+			return nil, &BatchError{Index: i, Err: err}
+		}
+		ps[i] = orchestration.CreateTaskParams{
+			Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
+			IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
+			Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
+		}
+	}
+	e.mu.Lock()
+	w := e.worker
+	e.mu.Unlock()
+	var created []orchestration.CreatedTask
+	var err error
+	if w == nil {
+		created, _, err = e.orch.CreateTasks(ctx, ps, store.StepsClaimParams{})
+	} else {
+		err = w.Handoff(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+			var claimed []store.ClaimedStep
+			var err error
+			created, claimed, err = e.orch.CreateTasks(ctx, ps, claim)
+			return claimed, err
+		})
+	}
+	if err != nil {
+		var be *BatchError
+		if errors.As(err, &be) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("create tasks: %w", err)
+	}
+	out := make([]*Task, len(created))
+	for i, c := range created {
+		out[i] = taskFrom(c.Task, c.Steps, c.Summary)
+	}
+	return out, nil
+}
