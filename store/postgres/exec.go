@@ -604,6 +604,26 @@ func scanMsg(row pgx.Row, extra ...any) (store.QueueMessage, error) {
 // newToken is the SQL for a fresh lease token: 32 random hex digits.
 const newToken = `replace(gen_random_uuid()::text, '-', '')`
 
+// forQueues adapts a claim statement written for "queue = ANY($1)" to
+// the queues claimed from: with a single queue it compares with "=", so
+// that PostgreSQL walks the ready index in claim order and stops at the
+// limit; with an array it sorts every ready message of the queues first
+// (2ms for 10,000 queued messages, against 40µs).
+func forQueues(queues []string, q string) string {
+	if len(queues) == 1 {
+		return strings.Replace(q, "queue = ANY($1)", "queue = $1", 1)
+	}
+	return q
+}
+
+// queuesArg is $1 of a statement adapted by forQueues.
+func queuesArg(queues []string) any {
+	if len(queues) == 1 {
+		return queues[0]
+	}
+	return queues
+}
+
 func (e *executor) QueueClaim(ctx context.Context, p store.QueueClaimParams) ([]store.QueueMessage, error) {
 	if len(p.Queues) == 0 || p.Limit <= 0 {
 		return nil, nil
@@ -616,7 +636,7 @@ func (e *executor) QueueClaim(ctx context.Context, p store.QueueClaimParams) ([]
 	// SKIP LOCKED: a message another consumer is taking right now is left
 	// to it. A message leased (and committed) since this statement's
 	// snapshot is re-checked against the condition and dropped.
-	rows, err := e.query(ctx, `WITH picked AS (
+	rows, err := e.query(ctx, forQueues(p.Queues, `WITH picked AS (
 			SELECT id FROM tasker_queue
 			WHERE queue = ANY($1) AND visible_at <= $2 AND `+cond+`
 			ORDER BY priority DESC, id LIMIT $3
@@ -627,8 +647,7 @@ func (e *executor) QueueClaim(ctx context.Context, p store.QueueClaimParams) ([]
 			FROM picked WHERE q.id = picked.id
 			RETURNING q.*
 		)
-		SELECT `+msgCols+` FROM leased ORDER BY priority DESC, id`,
-		p.Queues, now, p.Limit, p.Owner, now.Add(p.Lease))
+		SELECT `+msgCols+` FROM leased ORDER BY priority DESC, id`), queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease))
 	out, err := collect(rows, err, func(r pgx.Rows) (store.QueueMessage, error) { return scanMsg(r) })
 	if err != nil {
 		return nil, fmt.Errorf("claim from %v: %w", p.Queues, err)
@@ -757,7 +776,7 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 		return nil, nil
 	}
 	now := orNow(p.Now)
-	rows, err := e.query(ctx, claimSteps, p.Queues, now, p.Limit, p.Owner, now.Add(p.Lease))
+	rows, err := e.query(ctx, forQueues(p.Queues, claimSteps), queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease))
 	out, err := collect(rows, err, func(r pgx.Rows) (store.ClaimedStep, error) {
 		var c store.ClaimedStep
 		var ctxJSON []byte
