@@ -478,14 +478,17 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 // of a reservation of reserved slots.
 func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserved int) {
 	w.inFlight.Add(int64(len(claimed) - reserved))
+	// Every claimed step counts as running before any is dispatched: a
+	// step dispatched first may finish before the next one is handed on,
+	// and the completion processor must see its sibling as running.
+	for i := range claimed {
+		w.taskRunning(claimed[i].TaskUUID, 1)
+	}
 	for i := range claimed {
 		c := &claimed[i]
 		w.leaseMu.Lock()
 		w.leases[c.Message.ID] = &lease{token: c.Message.LeaseToken}
 		w.leaseMu.Unlock()
-		// Counted as running from the claim on: a sibling claimed with it
-		// may finish before this one's goroutine starts.
-		w.taskRunning(c.TaskUUID, 1)
 		// The claim took no more than the free capacity, so this send does
 		// not wait in practice; if it ever does, it is backpressure.
 		if err := w.dispatch.Send(context.WithoutCancel(ctx), c); err != nil {
@@ -721,19 +724,41 @@ func (w *Worker) siblingsRunning(batch []*Result) bool {
 // linger extends batch with results that arrive within CompletionLinger
 // while a handler of one of its tasks is still running here.
 func (w *Worker) linger(batch []*Result) []*Result {
-	if w.cfg.CompletionLinger <= 0 || len(batch) >= w.cfg.CompletionBatch || !w.siblingsRunning(batch) {
+	if w.cfg.CompletionLinger <= 0 {
 		return batch
 	}
-	timer := time.NewTimer(w.cfg.CompletionLinger)
-	defer timer.Stop()
-	for len(batch) < w.cfg.CompletionBatch && w.siblingsRunning(batch) {
+	var timeout <-chan time.Time
+	for len(batch) < w.cfg.CompletionBatch {
+		// Looked at before draining: a sibling counted down has already
+		// put its result in the channel, so the drain below finds it.
+		running := w.siblingsRunning(batch)
+	drain:
+		for len(batch) < w.cfg.CompletionBatch {
+			select {
+			case r, ok := <-w.completion.Recv():
+				if !ok {
+					return batch
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		if !running || len(batch) >= w.cfg.CompletionBatch {
+			return batch
+		}
+		if timeout == nil {
+			timer := time.NewTimer(w.cfg.CompletionLinger)
+			defer timer.Stop()
+			timeout = timer.C
+		}
 		select {
 		case r, ok := <-w.completion.Recv():
 			if !ok {
 				return batch
 			}
 			batch = append(batch, r)
-		case <-timer.C:
+		case <-timeout:
 			return batch
 		}
 	}

@@ -814,26 +814,39 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 }
 
 // TestLingerBatchesSiblings: two steps of one task claimed together, the
-// second finishing a few milliseconds after the first, reach the completer
-// in one batch while CompletionLinger allows it, and in two without it.
+// second finishing after the first, reach the completer in one batch while
+// CompletionLinger allows it, and in two without it.
 func TestLingerBatchesSiblings(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name        string
-		linger      time.Duration
-		wantBatches int
+		name   string
+		linger time.Duration
+		// afterFirstBatch makes the slow step wait until a batch was
+		// written, so that without linger the fast result is alone.
+		afterFirstBatch bool
+		wantBatches     int
 	}{
-		{"linger", 50 * time.Millisecond, 1},
-		{"no linger", -1, 2},
+		{"linger", 10 * time.Second, false, 1},
+		{"no linger", -1, true, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			d := openStore(t)
 			ids := seed(t, d, "fast", "slow")
+			written := make(chan struct{})
+			var once sync.Once
 			resolve := resolverFor(map[string]Prepared{
 				"fast": returning("fast", nil),
 				"slow": handlerOf(func(context.Context) (any, error) {
-					time.Sleep(5 * time.Millisecond)
+					if tc.afterFirstBatch {
+						select {
+						case <-written:
+						case <-time.After(waitLimit):
+							return nil, errors.New("no batch was written")
+						}
+					} else {
+						time.Sleep(5 * time.Millisecond)
+					}
 					return "slow", nil
 				}),
 			})
@@ -843,6 +856,7 @@ func TestLingerBatchesSiblings(t *testing.T) {
 				mu.Lock()
 				sizes = append(sizes, len(comps))
 				mu.Unlock()
+				once.Do(func() { close(written) })
 			}}
 			cfg := testConfig(&logCapture{})
 			cfg.CompletionLinger = tc.linger
