@@ -191,6 +191,32 @@ type TaskTransitionParams struct {
 	// transaction. Set it only when the caller holds the task's row lock
 	// and read From under it, so that a conflict is a bug, not a race.
 	Deferred bool
+	// Then continues the transition through further states in the same
+	// write: the task goes from From straight to the last state, and the
+	// history gets one row per step of the path, in order, all with
+	// Metadata. A task that passes through initializing and
+	// enqueuing_steps on its way to steps_in_process is updated once.
+	Then []TaskHop
+}
+
+// TaskHop is a further step of a TaskTransitionParams path.
+type TaskHop struct{ To, Event string }
+
+// Path lists the transitions p records, in order, as from, to, event.
+func (p TaskTransitionParams) Path() [][3]string {
+	out := [][3]string{{p.From, p.To, p.Event}}
+	for _, h := range p.Then {
+		out = append(out, [3]string{out[len(out)-1][1], h.To, h.Event})
+	}
+	return out
+}
+
+// Final is the state p leaves the task in.
+func (p TaskTransitionParams) Final() string {
+	if len(p.Then) > 0 {
+		return p.Then[len(p.Then)-1].To
+	}
+	return p.To
 }
 
 // TaskTransitionsParams lists a task's history.

@@ -612,17 +612,26 @@ func (o *Orchestrator) settle(ctx context.Context, tx store.Tx, task *store.Task
 		}
 	}
 	events := taskEvents(cur, target, enqueued)
+	// The whole path is one write of the task row, with a history row per
+	// event.
 	from := cur
-	for _, ev := range events {
+	var tr store.TaskTransitionParams
+	for i, ev := range events {
 		to, err := state.NextTask(from, ev)
 		if err != nil {
 			return fmt.Errorf("task %s: %w", task.UUID, err)
 		}
-		if err := tx.TaskTransition(ctx, store.TaskTransitionParams{Deferred: true, UUID: task.UUID, From: string(from), To: string(to),
-			Event: string(ev), Now: now}); err != nil {
-			return err
+		if i == 0 {
+			tr = store.TaskTransitionParams{Deferred: true, UUID: task.UUID, From: string(from), To: string(to), Event: string(ev), Now: now}
+		} else {
+			tr.Then = append(tr.Then, store.TaskHop{To: string(to), Event: string(ev)})
 		}
 		from = to
+	}
+	if len(events) > 0 {
+		if err := tx.TaskTransition(ctx, tr); err != nil {
+			return err
+		}
 	}
 	if from != cur {
 		task.State = string(from)

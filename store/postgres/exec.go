@@ -298,33 +298,40 @@ func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]stor
 
 func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
 	now := orNow(p.Now)
+	final := p.Final()
 	var completed *time.Time
-	if isTerminal(p.To) {
+	if isTerminal(final) {
 		completed = &now
 	}
 	const update = `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
 		WHERE task_uuid = $4 AND state = $5`
+	what := "task " + p.UUID + " " + p.From + "→" + final
 	if p.Deferred && e.deferring() {
-		e.execLater(ctx, "task "+p.UUID+" "+p.From+"→"+p.To, guarded(update, 6),
-			p.To, now, completed, p.UUID, p.From, "task "+p.UUID+" "+p.From+"→"+p.To)
-	} else if err := e.taskUpdate(ctx, update, p, now, completed); err != nil {
+		e.execLater(ctx, what, guarded(update, 6), final, now, completed, p.UUID, p.From, what)
+	} else if err := e.taskUpdate(ctx, update, p, final, now, completed); err != nil {
 		return err
+	}
+	path := p.Path()
+	from, to, events := make([]string, len(path)), make([]string, len(path)), make([]string, len(path))
+	for i, h := range path {
+		from[i], to[i], events[i] = h[0], h[1], h[2]
 	}
 	// A statement of its own: it sees every history row committed before
 	// this transaction locked the task, and no writer can add one until it
-	// ends.
+	// ends. The path's rows take the next sort keys in order.
 	return e.execLater(ctx, "task "+p.UUID+" history", `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-		VALUES ($1, $2, $3, $4, $5,
-			(SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = $1), $6)`,
-		p.UUID, p.From, p.To, p.Event, jsonArg(p.Metadata), now)
+		SELECT $1::text, h.from_state, h.to_state, h.event, $2::jsonb,
+			(SELECT COALESCE(MAX(sort_key), 0) FROM tasker_task_transitions WHERE task_uuid = $1::text) + h.ord, $3::timestamptz
+		FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS h(from_state, to_state, event, ord)`,
+		p.UUID, jsonArg(p.Metadata), now, from, to, events)
 }
 
 // taskUpdate runs a task transition's UPDATE now and checks that it
 // matched.
-func (e *executor) taskUpdate(ctx context.Context, update string, p store.TaskTransitionParams, now time.Time, completed *time.Time) error {
-	tag, err := e.exec(ctx, update, p.To, now, completed, p.UUID, p.From)
+func (e *executor) taskUpdate(ctx context.Context, update string, p store.TaskTransitionParams, final string, now time.Time, completed *time.Time) error {
+	tag, err := e.exec(ctx, update, final, now, completed, p.UUID, p.From)
 	if err != nil {
-		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, err)
+		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, final, err)
 	}
 	if tag.RowsAffected() != 1 {
 		if _, err := e.TaskGet(ctx, store.TaskGetParams{UUID: p.UUID}); err != nil {

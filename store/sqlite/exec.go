@@ -278,26 +278,29 @@ func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]stor
 
 func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
 	now := tsOrNow(p.Now)
+	final := p.Final()
 	var completed any
-	if to := p.To; to == "complete" || to == "error" || to == "cancelled" || to == "resolved_manually" {
+	if final == "complete" || final == "error" || final == "cancelled" || final == "resolved_manually" {
 		completed = now
 	}
 	res, err := e.exec(ctx, `UPDATE tasker_tasks SET state = ?, updated_at = ?, completed_at = ? WHERE task_uuid = ? AND state = ?`,
-		p.To, now, completed, p.UUID, p.From)
+		final, now, completed, p.UUID, p.From)
 	if err != nil {
-		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, err)
+		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, final, err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
 		if _, err := e.TaskGet(ctx, store.TaskGetParams{UUID: p.UUID}); err != nil {
 			return err
 		}
-		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, p.To, store.ErrStateConflict)
+		return fmt.Errorf("task %s %s→%s: %w", p.UUID, p.From, final, store.ErrStateConflict)
 	}
-	_, err = e.exec(ctx, `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-		VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = ?), ?)`,
-		p.UUID, p.From, p.To, p.Event, nullJSON(p.Metadata), p.UUID, now)
-	if err != nil {
-		return fmt.Errorf("task %s history: %w", p.UUID, err)
+	for _, h := range p.Path() {
+		_, err = e.exec(ctx, `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+			VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(sort_key), 0) + 1 FROM tasker_task_transitions WHERE task_uuid = ?), ?)`,
+			p.UUID, h[0], h[1], h[2], nullJSON(p.Metadata), p.UUID, now)
+		if err != nil {
+			return fmt.Errorf("task %s history: %w", p.UUID, err)
+		}
 	}
 	return nil
 }

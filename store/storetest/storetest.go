@@ -56,6 +56,7 @@ var cases = []struct {
 	{"TaskListDefaultLimit", testTaskListDefaultLimit},
 	{"TaskTransition", testTaskTransition},
 	{"TaskTransitionCompletedAt", testTaskTransitionCompletedAt},
+	{"TaskTransitionPath", testTaskTransitionPath},
 
 	{"StepsInsert", testStepsInsert},
 	{"StepResults", testStepResults},

@@ -362,3 +362,50 @@ func testTaskTransitionCompletedAt(s *suite) {
 		s.t.Errorf("history = %+v", h)
 	}
 }
+
+// testTaskTransitionPath: a transition with further hops moves the task
+// to the last state in one write and records every hop in order, after
+// the history it already had; deferred or not; a stale From refuses the
+// whole path.
+func testTaskTransitionPath(s *suite) {
+	for _, deferred := range []bool{false, true} {
+		id := s.newTask(store.TaskInsertParams{})
+		s.tx(func(tx store.Tx) error {
+			return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: deferred, UUID: id, From: "pending",
+				To: "initializing", Event: "start", Now: at(time.Second),
+				Then: []store.TaskHop{{To: "enqueuing_steps", Event: "ready_steps_found"}, {To: "steps_in_process", Event: "steps_enqueued"}}})
+		})
+		s.tx(func(tx store.Tx) error {
+			return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: deferred, UUID: id, From: "steps_in_process",
+				To: "evaluating_results", Event: "results_received", Now: at(2 * time.Second),
+				Then: []store.TaskHop{{To: "complete", Event: "all_complete"}}})
+		})
+		got := s.task(id)
+		if got.State != "complete" {
+			s.t.Errorf("deferred=%v: State = %q, want complete", deferred, got.State)
+		}
+		s.wantTimePtr("CompletedAt after a path ending in complete", got.CompletedAt, ptr(at(2*time.Second)))
+		h := s.taskHistory(id)
+		s.wantTransitions("path history", id, h, [][3]string{
+			{"pending", "initializing", "start"},
+			{"initializing", "enqueuing_steps", "ready_steps_found"},
+			{"enqueuing_steps", "steps_in_process", "steps_enqueued"},
+			{"steps_in_process", "evaluating_results", "results_received"},
+			{"evaluating_results", "complete", "all_complete"},
+		})
+		for i, r := range h {
+			if r.SortKey != i+1 {
+				s.t.Errorf("history row %d has sort key %d, want %d", i, r.SortKey, i+1)
+			}
+		}
+		err := s.try(func(tx store.Tx) error {
+			return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: deferred, UUID: id, From: "steps_in_process",
+				To: "evaluating_results", Event: "results_received", Now: at(3 * time.Second),
+				Then: []store.TaskHop{{To: "complete", Event: "all_complete"}}})
+		})
+		s.wantErr("path from a stale state", err, store.ErrStateConflict)
+		if n := len(s.taskHistory(id)); n != 5 {
+			s.t.Errorf("refused path left history: %d rows, want 5", n)
+		}
+	}
+}
