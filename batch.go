@@ -30,31 +30,19 @@ func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, 
 	}
 	ps := make([]orchestration.CreateTaskParams, len(reqs))
 	for i, req := range reqs {
-		raw, err := marshalContext(req.Context)
+		p, err := createParams(req)
 		if err != nil {
 			return nil, &BatchError{Index: i, Err: err}
 		}
-		ps[i] = orchestration.CreateTaskParams{
-			Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
-			IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
-			Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
-		}
+		ps[i] = p
 	}
-	e.mu.Lock()
-	w := e.worker
-	e.mu.Unlock()
 	var created []orchestration.CreatedTask
-	var err error
-	if w == nil {
-		created, _, err = e.orch.CreateTasks(ctx, ps, store.StepsClaimParams{})
-	} else {
-		err = w.Handoff(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
-			var claimed []store.ClaimedStep
-			var err error
-			created, claimed, err = e.orch.CreateTasks(ctx, ps, claim)
-			return claimed, err
-		})
-	}
+	err := e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+		var claimed []store.ClaimedStep
+		var err error
+		created, claimed, err = e.orch.CreateTasks(ctx, ps, claim)
+		return claimed, err
+	})
 	if err != nil {
 		var be *BatchError
 		if errors.As(err, &be) {

@@ -446,39 +446,53 @@ func (e *Engine) ancestors(t *template.Template, step string) map[string]bool {
 // ErrIdempotencyKeyRequired or ErrDuplicateTask (errors.Is) for requests it
 // refuses; nothing is stored then.
 func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error) {
-	raw, err := marshalContext(req.Context)
+	p, err := createParams(req)
 	if err != nil {
 		return nil, err
 	}
-	p := orchestration.CreateTaskParams{
-		Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
-		IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
-		Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
-	}
-	e.mu.Lock()
-	w := e.worker
-	e.mu.Unlock()
 	var (
 		row   *store.TaskRow
 		steps []store.StepRow
 		sum   orchestration.Summary
 	)
-	if w == nil {
-		row, steps, sum, err = e.orch.CreateTask(ctx, p)
-	} else {
-		// A started worker takes the new task's first steps in the creating
-		// transaction, instead of being woken to claim them in another.
-		err = w.Handoff(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
-			var claimed []store.ClaimedStep
-			var err error
-			row, steps, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)
-			return claimed, err
-		})
-	}
+	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+		var claimed []store.ClaimedStep
+		var err error
+		row, steps, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)
+		return claimed, err
+	})
 	if err != nil {
 		return nil, err
 	}
 	return taskFrom(row, steps, sum), nil
+}
+
+// createParams turns a request into the orchestrator's parameters.
+func createParams(req TaskRequest) (orchestration.CreateTaskParams, error) {
+	raw, err := marshalContext(req.Context)
+	if err != nil {
+		return orchestration.CreateTaskParams{}, err
+	}
+	return orchestration.CreateTaskParams{
+		Namespace: req.Namespace, Name: req.Name, Version: req.Version, Context: raw,
+		IdempotencyKey: req.IdempotencyKey, Initiator: req.Initiator, SourceSystem: req.SourceSystem,
+		Reason: req.Reason, Tags: req.Tags, Priority: req.Priority,
+	}, nil
+}
+
+// createWithClaim runs a creating transaction. A started worker takes the
+// new tasks' first steps in that transaction (see worker.Handoff) instead
+// of being woken to claim them in another; without one, create gets a
+// claim for nothing.
+func (e *Engine) createWithClaim(ctx context.Context, create func(store.StepsClaimParams) ([]store.ClaimedStep, error)) error {
+	e.mu.Lock()
+	w := e.worker
+	e.mu.Unlock()
+	if w == nil {
+		_, err := create(store.StepsClaimParams{})
+		return err
+	}
+	return w.Handoff(ctx, create)
 }
 
 func marshalContext(v any) (json.RawMessage, error) {
