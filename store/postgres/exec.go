@@ -271,22 +271,29 @@ func (e *executor) TaskGet(ctx context.Context, p store.TaskGetParams) (*store.T
 	return &r, nil
 }
 
+// taskFilter is the WHERE clause (after "WHERE true") of a task listing
+// by namespace, name and states; empty ones do not filter.
+func taskFilter(a *args, namespace, name string, states []string) string {
+	var q string
+	if namespace != "" {
+		q += ` AND namespace = ` + a.add(namespace)
+	}
+	if name != "" {
+		q += ` AND name = ` + a.add(name)
+	}
+	if len(states) > 0 {
+		q += ` AND state = ANY(` + a.add(states) + `)`
+	}
+	return q
+}
+
 func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]store.TaskRow, error) {
 	limit := p.Limit
 	if limit <= 0 {
 		limit = 100
 	}
 	var a args
-	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE true`
-	if p.Namespace != "" {
-		q += ` AND namespace = ` + a.add(p.Namespace)
-	}
-	if p.Name != "" {
-		q += ` AND name = ` + a.add(p.Name)
-	}
-	if len(p.States) > 0 {
-		q += ` AND state = ANY(` + a.add(p.States) + `)`
-	}
+	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE true` + taskFilter(&a, p.Namespace, p.Name, p.States)
 	q += ` ORDER BY created_at DESC, task_uuid LIMIT ` + a.add(limit)
 	rows, err := e.query(ctx, q, a...)
 	out, err := collect(rows, err, func(r pgx.Rows) (store.TaskRow, error) { return scanTask(r) })

@@ -17,16 +17,7 @@ func (d *Driver) TaskPage(ctx context.Context, p store.TaskPageParams) ([]store.
 		limit = 50
 	}
 	var a args
-	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE true`
-	if p.Namespace != "" {
-		q += ` AND namespace = ` + a.add(p.Namespace)
-	}
-	if p.Name != "" {
-		q += ` AND name = ` + a.add(p.Name)
-	}
-	if len(p.States) > 0 {
-		q += ` AND state = ANY(` + a.add(p.States) + `)`
-	}
+	q := `SELECT ` + taskCols + ` FROM tasker_tasks WHERE true` + taskFilter(&a, p.Namespace, p.Name, p.States)
 	if !p.CreatedAfter.IsZero() {
 		q += ` AND created_at > ` + a.add(p.CreatedAfter)
 	}
