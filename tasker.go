@@ -80,6 +80,12 @@ type Config struct {
 	// CompletionBuffer is the capacity of the worker's completion channel.
 	// Default 100.
 	CompletionBuffer int
+	// CompletionLinger is how long the worker may hold a batch of results
+	// for a step of the same task that it is still running, so that
+	// sibling steps finishing together (a diamond's branches) are recorded
+	// and evaluated in one transaction. It never waits for other tasks'
+	// results. Default 2ms; negative disables it.
+	CompletionLinger time.Duration
 	// Namespaces limits the worker to these namespaces. Default: every
 	// namespace with a registered template that has a step whose callable
 	// this process handles.

@@ -75,6 +75,7 @@ type Worker struct {
 	DeploymentMode                string        `toml:"deployment_mode"`
 	MaxConcurrentHandlers         int           `toml:"max_concurrent_handlers"`
 	CompletionBuffer              int           `toml:"completion_buffer"`
+	CompletionLinger              time.Duration `toml:"completion_linger"`
 	DefaultStepTimeout            time.Duration `toml:"default_step_timeout"`
 	DrainTimeout                  time.Duration `toml:"drain_timeout"`
 	ExternalCapacity              int           `toml:"external_capacity"`
@@ -136,6 +137,7 @@ func Default() *Config {
 			DeploymentMode:                string(tasker.DeploymentHybrid),
 			MaxConcurrentHandlers:         10,
 			CompletionBuffer:              100,
+			CompletionLinger:              2 * time.Millisecond,
 			DefaultStepTimeout:            5 * time.Minute,
 			DrainTimeout:                  30 * time.Second,
 			ExternalCapacity:              100,
@@ -368,6 +370,7 @@ func (c *Config) Validate() error {
 	}
 	atLeastOne("worker.max_concurrent_handlers", w.MaxConcurrentHandlers)
 	atLeastOne("worker.completion_buffer", w.CompletionBuffer)
+	check(w.CompletionLinger >= 0, "worker.completion_linger", "must not be negative (0 disables it), got %s", w.CompletionLinger)
 	positive("worker.default_step_timeout", w.DefaultStepTimeout)
 	positive("worker.drain_timeout", w.DrainTimeout)
 	atLeastOne("worker.external_capacity", w.ExternalCapacity)
@@ -467,6 +470,7 @@ func (c *Config) Engine() tasker.Config {
 		DatabaseURL:                   s.DatabaseURL,
 		Concurrency:                   w.MaxConcurrentHandlers,
 		CompletionBuffer:              w.CompletionBuffer,
+		CompletionLinger:              disabledIfZero(w.CompletionLinger),
 		Namespaces:                    slices.Clone(w.Namespaces),
 		StepLease:                     o.StepLease,
 		DefaultStepTimeout:            w.DefaultStepTimeout,

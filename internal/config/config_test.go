@@ -344,3 +344,27 @@ func TestExampleUpToDate(t *testing.T) {
 		}
 	}
 }
+
+// TestCompletionLinger: the key reaches the engine's config; 0 in the
+// file disables it (the engine's negative) and a negative value is refused.
+func TestCompletionLinger(t *testing.T) {
+	t.Parallel()
+	c, err := Load(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Engine().CompletionLinger; got != 2*time.Millisecond {
+		t.Errorf("default completion_linger reaches the engine as %s, want 2ms", got)
+	}
+	c, err = Load(Options{LookupEnv: env(map[string]string{"TASKER_WORKER_COMPLETION_LINGER": "0s"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Engine().CompletionLinger; got >= 0 {
+		t.Errorf("completion_linger = 0 reaches the engine as %s, want a negative value (disabled)", got)
+	}
+	_, err = Load(Options{LookupEnv: env(map[string]string{"TASKER_WORKER_COMPLETION_LINGER": "-1ms"})})
+	if err == nil || !strings.Contains(err.Error(), "worker.completion_linger") {
+		t.Errorf("negative completion_linger: err = %v, want an error naming worker.completion_linger", err)
+	}
+}
