@@ -627,11 +627,13 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 			return nil, err
 		}
 		if state.TaskState(cur.State).Settled() {
-			row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+			// The row just read is the one that shows the task settled:
+			// only its steps remain to be read.
+			steps, sum, err := e.orch.StepsStatus(ctx, taskUUID)
 			if err != nil {
 				return nil, err
 			}
-			return taskFrom(row, steps, sum), nil
+			return taskFrom(cur, steps, sum), nil
 		}
 		timer := time.NewTimer(poll)
 		select {

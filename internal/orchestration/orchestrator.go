@@ -1121,15 +1121,25 @@ func (o *Orchestrator) TaskStatus(ctx context.Context, taskUUID string) (*store.
 	if err != nil {
 		return nil, nil, Summary{}, err
 	}
-	steps, err := r.StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+	steps, sum, err := o.StepsStatus(ctx, task.UUID)
 	if err != nil {
 		return nil, nil, Summary{}, err
+	}
+	return task, steps, sum, nil
+}
+
+// StepsStatus is the steps half of TaskStatus, for a caller that has just
+// read the task row.
+func (o *Orchestrator) StepsStatus(ctx context.Context, taskUUID string) ([]store.StepRow, Summary, error) {
+	steps, err := o.d.Reader().StepsForTask(ctx, store.StepsForTaskParams{TaskUUID: taskUUID})
+	if err != nil {
+		return nil, Summary{}, err
 	}
 	views := make([]StepView, len(steps))
 	for i, s := range steps {
 		views[i] = viewOf(s)
 	}
-	return task, steps, Evaluate(views, o.cfg.Now()), nil
+	return steps, Evaluate(views, o.cfg.Now()), nil
 }
 
 // sortedKeys returns a map's keys in order, for deterministic processing.
