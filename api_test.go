@@ -117,7 +117,9 @@ func TestPriority(t *testing.T) {
 	var mu sync.Mutex
 	var order []string
 	eng, _ := openEngine(t, engineOptions{
-		cfg:       tasker.Config{Concurrency: 1},
+		// Without prefetch: a step claimed ahead of its turn has left the
+		// queue, so a higher-priority step claimed later runs after it.
+		cfg:       tasker.Config{Concurrency: 1, Prefetch: -1},
 		templates: []string{singleStep("prio", "api.record", "")},
 		handlers: map[string]tasker.HandlerFunc{
 			"api.record": func(_ context.Context, s *tasker.StepContext) (any, error) {

@@ -284,7 +284,8 @@ func (e *Engine) Start(ctx context.Context) error {
 	sort.Strings(queues)
 	wcfg := worker.Config{
 		Owner: "worker-" + e.id, Queues: queues, Concurrency: e.cfg.Concurrency,
-		CompletionBuffer: e.cfg.CompletionBuffer, CompletionLinger: e.cfg.CompletionLinger, StepLease: e.cfg.StepLease,
+		CompletionBuffer: e.cfg.CompletionBuffer, CompletionLinger: e.cfg.CompletionLinger, Prefetch: e.cfg.prefetch(),
+		StepLease:      e.cfg.StepLease,
 		DefaultTimeout: e.cfg.DefaultStepTimeout, PollInterval: e.cfg.queuePollInterval(), Logger: e.log,
 		Monitors: e.monitors, CompleteAndClaim: e.orch.CompleteAndClaim, External: e.cfg.externalConfig(),
 		Fallback: func(ctx context.Context, comps []store.StepCompletion) ([]error, error) {

@@ -86,6 +86,14 @@ type Config struct {
 	// and evaluated in one transaction. It never waits for other tasks'
 	// results. Default 2ms; negative disables it.
 	CompletionLinger time.Duration
+	// Prefetch is how many steps the worker may claim beyond Concurrency.
+	// They wait for a free handler (their leases heartbeated meanwhile), so
+	// that handlers are not idle while the next claim commits, and claims
+	// come in fewer, larger transactions. A prefetched step has left the
+	// queue, so a higher-priority step enqueued after it runs after it:
+	// disable prefetch where strict priority order matters more than
+	// throughput. Default Concurrency; negative disables it.
+	Prefetch int
 	// Namespaces limits the worker to these namespaces. Default: every
 	// namespace with a registered template that has a step whose callable
 	// this process handles.
@@ -218,6 +226,20 @@ func (c *Config) hasRole(r Role) bool {
 		}
 	}
 	return false
+}
+
+// prefetch is the worker's Prefetch: Concurrency (default 10) unless set;
+// negative means none.
+func (c *Config) prefetch() int {
+	switch {
+	case c.Prefetch < 0:
+		return 0
+	case c.Prefetch > 0:
+		return c.Prefetch
+	case c.Concurrency > 0:
+		return c.Concurrency
+	}
+	return 10
 }
 
 func (c *Config) validate() error {

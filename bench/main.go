@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -35,6 +36,7 @@ type options struct {
 	pool      int
 	timeout   time.Duration
 	pgURL     string
+	cpuProf   string
 }
 
 func main() {
@@ -51,6 +53,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 0, "bound on one run of one engine (default 3m, 90s with -quick)")
 	flag.StringVar(&o.pgURL, "pg", envOr("TASKER_BENCH_DATABASE_URL", defaultPostgresURL),
 		"PostgreSQL server URL (env TASKER_BENCH_DATABASE_URL); the databases tasker_bench and river_bench are created on it")
+	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the whole run (both engines) to this file")
 	flag.Parse()
 	o.workloads = splitList(workloads)
 	if slices.Contains(o.workloads, "all") {
@@ -64,7 +67,19 @@ func main() {
 			o.timeout = 90 * time.Second
 		}
 	}
+	if o.cpuProf != "" {
+		f, err := os.Create(o.cpuProf)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpuprofile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(context.Background(), o); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}

@@ -76,6 +76,7 @@ type Worker struct {
 	MaxConcurrentHandlers         int           `toml:"max_concurrent_handlers"`
 	CompletionBuffer              int           `toml:"completion_buffer"`
 	CompletionLinger              time.Duration `toml:"completion_linger"`
+	Prefetch                      int           `toml:"prefetch"`
 	DefaultStepTimeout            time.Duration `toml:"default_step_timeout"`
 	DrainTimeout                  time.Duration `toml:"drain_timeout"`
 	ExternalCapacity              int           `toml:"external_capacity"`
@@ -138,6 +139,7 @@ func Default() *Config {
 			MaxConcurrentHandlers:         10,
 			CompletionBuffer:              100,
 			CompletionLinger:              2 * time.Millisecond,
+			Prefetch:                      10,
 			DefaultStepTimeout:            5 * time.Minute,
 			DrainTimeout:                  30 * time.Second,
 			ExternalCapacity:              100,
@@ -371,6 +373,7 @@ func (c *Config) Validate() error {
 	atLeastOne("worker.max_concurrent_handlers", w.MaxConcurrentHandlers)
 	atLeastOne("worker.completion_buffer", w.CompletionBuffer)
 	check(w.CompletionLinger >= 0, "worker.completion_linger", "must not be negative (0 disables it), got %s", w.CompletionLinger)
+	check(w.Prefetch >= 0, "worker.prefetch", "must not be negative (0 disables it), got %d", w.Prefetch)
 	positive("worker.default_step_timeout", w.DefaultStepTimeout)
 	positive("worker.drain_timeout", w.DrainTimeout)
 	atLeastOne("worker.external_capacity", w.ExternalCapacity)
@@ -471,6 +474,7 @@ func (c *Config) Engine() tasker.Config {
 		Concurrency:                   w.MaxConcurrentHandlers,
 		CompletionBuffer:              w.CompletionBuffer,
 		CompletionLinger:              disabledIfZero(w.CompletionLinger),
+		Prefetch:                      disabledIfZero(w.Prefetch),
 		Namespaces:                    slices.Clone(w.Namespaces),
 		StepLease:                     o.StepLease,
 		DefaultStepTimeout:            w.DefaultStepTimeout,

@@ -91,12 +91,19 @@ type Config struct {
 	Concurrency int
 	// CompletionBuffer is the completion channel's capacity. Default 100.
 	CompletionBuffer int
-	// ClaimBatch caps how many steps one claim takes. Default Concurrency.
+	// Prefetch is how many steps may be claimed beyond Concurrency; they
+	// wait in the dispatch channel for a handler to free up, so that
+	// handlers do not sit idle while the next claim is committed. Their
+	// leases are heartbeated from the claim on; a stopping worker still
+	// runs them. Default 0.
+	Prefetch int
+	// ClaimBatch caps how many steps one claim takes. Default
+	// Concurrency + Prefetch.
 	ClaimBatch int
 	// LoadShedThreshold stops claiming while in-flight steps reach this
-	// fraction of Concurrency. Default 1.0 (stop when every permit is
-	// spoken for). Claims also stop while the completion channel is
-	// critically saturated.
+	// fraction of Concurrency + Prefetch. Default 1.0 (stop when every
+	// permit and prefetch slot is spoken for). Claims also stop while the
+	// completion channel is critically saturated.
 	LoadShedThreshold float64
 	// StepLease is how long a claim is valid without a heartbeat. Default 30s.
 	StepLease time.Duration
@@ -142,8 +149,11 @@ func (c *Config) setDefaults() {
 	if c.CompletionBuffer <= 0 {
 		c.CompletionBuffer = 100
 	}
+	if c.Prefetch < 0 {
+		c.Prefetch = 0
+	}
 	if c.ClaimBatch <= 0 {
-		c.ClaimBatch = c.Concurrency
+		c.ClaimBatch = c.Concurrency + c.Prefetch
 	}
 	if c.LoadShedThreshold <= 0 || c.LoadShedThreshold > 1 {
 		c.LoadShedThreshold = 1
@@ -237,7 +247,7 @@ func New(d store.Driver, resolve Resolver, complete Completer, callback PostHand
 	cfg.setDefaults()
 	w := &Worker{
 		d: d, resolve: resolve, complete: complete, callback: callback, cfg: cfg, log: cfg.Logger,
-		dispatch:   chanmon.New[*store.ClaimedStep]("worker.dispatch", cfg.Concurrency),
+		dispatch:   chanmon.New[*store.ClaimedStep]("worker.dispatch", cfg.Concurrency+cfg.Prefetch),
 		completion: chanmon.New[*Result]("worker.completion", cfg.CompletionBuffer),
 		sem:        make(chan struct{}, cfg.Concurrency),
 		wake:       make(chan struct{}, 1),
@@ -435,7 +445,15 @@ func (w *Worker) reserve() int {
 
 // claimLimit is how many steps may be in flight before claims stop.
 func (w *Worker) claimLimit() int64 {
-	return max(int64(float64(w.cfg.Concurrency)*w.cfg.LoadShedThreshold), 1)
+	return max(int64(float64(w.cfg.Concurrency+w.cfg.Prefetch)*w.cfg.LoadShedThreshold), 1)
+}
+
+// claimLowWater is the in-flight count at which freed capacity wakes the
+// claim loop: one below the limit without prefetch; with it, once half the
+// prefetched steps have started, so that claims come in batches while
+// steps are still waiting for a handler.
+func (w *Worker) claimLowWater() int64 {
+	return max(w.claimLimit()-max(int64(w.cfg.Prefetch)/2, 1), 0)
 }
 
 func (w *Worker) claimParams(limit int) store.StepsClaimParams {
@@ -520,9 +538,9 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 	settle := func() {
 		if left.Add(-1) == 0 {
 			// Freed capacity matters only to a claim loop that found none:
-			// wake it when the count drops from the limit. Waking it on
-			// every step would cost an empty claim each time.
-			if w.inFlight.Add(-1) == w.claimLimit()-1 {
+			// wake it when the count drops to the low-water mark. Waking it
+			// on every step would cost a claim of one step each time.
+			if w.inFlight.Add(-1) == w.claimLowWater() {
 				w.Wake()
 			}
 		}

@@ -734,6 +734,83 @@ func TestConcurrencyLimit(t *testing.T) {
 	}
 }
 
+// TestPrefetch: with Prefetch, a worker claims up to Concurrency+Prefetch
+// steps while still running at most Concurrency handlers; the prefetched
+// steps wait for a permit, and Stop runs them instead of dropping them.
+func TestPrefetch(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	const steps, concurrency, prefetch = 12, 2, 3
+	callables := make([]string, steps)
+	for i := range callables {
+		callables[i] = "gated"
+	}
+	ids := seed(t, d, callables...)
+	gate := make(chan struct{})
+	var running, most atomic.Int64
+	resolve := resolverFor(map[string]Prepared{"gated": handlerOf(func(ctx context.Context) (any, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-gate
+		return n, nil
+	})})
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.Prefetch = concurrency, prefetch
+	w := New(d, resolve, comp.complete, nil, cfg)
+	if got := w.DispatchStats().Capacity; got != concurrency+prefetch {
+		t.Errorf("dispatch channel capacity %d, want Concurrency+Prefetch = %d", got, concurrency+prefetch)
+	}
+	startWorker(t, w)
+	inProgress := func() int {
+		n := 0
+		for _, id := range ids {
+			if getStep(t, d, id).State == "in_progress" {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, "Concurrency+Prefetch steps to be claimed", func() bool {
+		return inProgress() == concurrency+prefetch && running.Load() == concurrency
+	})
+	time.Sleep(10 * cfg.PollInterval) // claim rounds that must not take more
+	if n := inProgress(); n != concurrency+prefetch || w.InFlight() != concurrency+prefetch {
+		t.Errorf("%d steps claimed, %d in flight with every handler blocked; want %d (Concurrency+Prefetch)",
+			n, w.InFlight(), concurrency+prefetch)
+	}
+	// Stop while the handlers are blocked: the prefetched steps waiting in
+	// the dispatch channel still run, and every result is written.
+	stopped := make(chan error, 1)
+	go func() { stopped <- stopWithin(t, w, waitLimit) }()
+	time.Sleep(20 * time.Millisecond)
+	close(gate)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Stop = %v", err)
+	}
+	done := 0
+	for _, id := range ids {
+		if finished(t, d, id) {
+			done++
+		}
+	}
+	if n := inProgress(); n != 0 || done < concurrency+prefetch {
+		t.Errorf("after Stop: %d steps still in progress, %d with a result; want 0 and at least %d", n, done, concurrency+prefetch)
+	}
+	if m := most.Load(); m != concurrency {
+		t.Errorf("at most %d handlers ran at once, want %d", m, concurrency)
+	}
+	if _, refused := comp.counts(); len(refused) != 0 {
+		t.Errorf("results refused: %v", refused)
+	}
+}
+
 // TestMonitorsRegistered pins rule 5.
 func TestMonitorsRegistered(t *testing.T) {
 	t.Parallel()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,19 +51,6 @@ func (e *executor) execLater(ctx context.Context, what, q string, args ...any) e
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
-}
-
-// deferring reports whether statements given to execLater are deferred.
-func (e *executor) deferring() bool {
-	_, ok := e.q.(*pipeTx)
-	return ok
-}
-
-// guarded wraps an UPDATE that must match exactly one row so that it fails
-// (SQLSTATE TK409, see migration 0004) when it does not; $n is the text
-// that names it in that error.
-func guarded(update string, n int) string {
-	return `WITH u AS (` + update + ` RETURNING 1) SELECT tasker_expect_one((SELECT count(*) FROM u), $` + strconv.Itoa(n) + `)`
 }
 
 func (e *executor) query(ctx context.Context, q string, args ...any) (pgx.Rows, error) {
@@ -304,33 +292,26 @@ func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]stor
 }
 
 func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
-	now := orNow(p.Now)
+	p.Now = orNow(p.Now)
+	moves := newTaskMoves(p)
+	if pt, ok := e.q.(*pipeTx); ok && p.Deferred {
+		pt.queueSet(moves)
+		return nil
+	}
 	final := p.Final()
 	var completed *time.Time
 	if isTerminal(final) {
-		completed = &now
+		completed = &p.Now
 	}
-	const update = `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
-		WHERE task_uuid = $4 AND state = $5`
-	what := "task " + p.UUID + " " + p.From + "→" + final
-	if p.Deferred && e.deferring() {
-		e.execLater(ctx, what, guarded(update, 6), final, now, completed, p.UUID, p.From, what)
-	} else if err := e.taskUpdate(ctx, update, p, final, now, completed); err != nil {
+	if err := e.taskUpdate(ctx, `UPDATE tasker_tasks SET state = $1, updated_at = $2, completed_at = $3
+		WHERE task_uuid = $4 AND state = $5`, p, final, p.Now, completed); err != nil {
 		return err
-	}
-	path := p.Path()
-	from, to, events := make([]string, len(path)), make([]string, len(path)), make([]string, len(path))
-	for i, h := range path {
-		from[i], to[i], events[i] = h[0], h[1], h[2]
 	}
 	// A statement of its own: it sees every history row committed before
 	// this transaction locked the task, and no writer can add one until it
 	// ends. The path's rows take the next sort keys in order.
-	return e.execLater(ctx, "task "+p.UUID+" history", `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-		SELECT $1::text, h.from_state, h.to_state, h.event, $2::jsonb,
-			(SELECT COALESCE(MAX(sort_key), 0) FROM tasker_task_transitions WHERE task_uuid = $1::text) + h.ord, $3::timestamptz
-		FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS h(from_state, to_state, event, ord)`,
-		p.UUID, jsonArg(p.Metadata), now, from, to, events)
+	h := moves.statements()[1]
+	return e.execLater(ctx, h.what, h.sql, h.args...)
 }
 
 // taskUpdate runs a task transition's UPDATE now and checks that it
@@ -495,11 +476,10 @@ func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionPar
 		set = append(set, "attempts = GREATEST(attempts - 1, 0)")
 	}
 	q := `UPDATE tasker_steps SET ` + strings.Join(set, ", ") + ` WHERE step_uuid = ` + a.add(p.UUID) + ` AND state = ` + a.add(p.From)
-	if p.Deferred && e.deferring() {
-		what := "step " + p.UUID + " " + p.From + "→" + p.To
-		n := len(a) + 1
-		e.execLater(ctx, what, guarded(q, n), append(a, what)...)
-		return e.stepHistory(ctx, now, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata})
+	if pt, ok := e.q.(*pipeTx); ok && p.Deferred {
+		p.Now = now
+		pt.queueSet(newStepMoves(p))
+		return nil
 	}
 	tag, err := e.exec(ctx, q, a...)
 	if err != nil {
@@ -511,38 +491,16 @@ func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionPar
 		}
 		return fmt.Errorf("step %s %s→%s: %w", p.UUID, p.From, p.To, store.ErrStateConflict)
 	}
-	return e.stepHistory(ctx, now, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata})
+	return e.stepHistory(ctx, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata, at: now})
 }
 
-// stepHistoryRow is one step transition to record.
-type stepHistoryRow struct {
-	step, from, to, event string
-	metadata              json.RawMessage
-}
-
-// stepHistory records transitions of distinct steps. It must run as a
-// statement of its own after the steps' rows were updated in the same
-// transaction: then it sees every history row committed before the row
-// locks were taken, and no other writer can add one until the transaction
-// ends, so MAX+1 is the next sort key.
-func (e *executor) stepHistory(ctx context.Context, now time.Time, hs ...stepHistoryRow) error {
+// stepHistory records transitions of distinct steps (see stepHistoryStmt).
+func (e *executor) stepHistory(ctx context.Context, hs ...stepHistoryRow) error {
 	if len(hs) == 0 {
 		return nil
 	}
-	steps, from, to, events := make([]string, len(hs)), make([]string, len(hs)), make([]string, len(hs)), make([]string, len(hs))
-	md := make([]*string, len(hs))
-	for i, h := range hs {
-		steps[i], from[i], to[i], events[i], md[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata)
-	}
-	what := fmt.Sprintf("history of %d steps", len(hs))
-	if len(hs) == 1 {
-		what = "step " + hs[0].step + " history"
-	}
-	return e.execLater(ctx, what, `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
-			(SELECT COALESCE(MAX(t.sort_key), 0) + 1 FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid), $1
-		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS h(step_uuid, from_state, to_state, event, metadata)`,
-		now, steps, from, to, events, md)
+	h := stepHistoryStmt(hs)
+	return e.execLater(ctx, h.what, h.sql, h.args...)
 }
 
 func (e *executor) StepTransitions(ctx context.Context, p store.StepTransitionsParams) ([]store.TransitionRow, error) {
@@ -576,31 +534,17 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 		return nil
 	}
 	now := orNow(p.Now)
-	n := len(p.Messages)
-	queues, tasks, steps := make([]string, n), make([]string, n), make([]string, n)
-	payloads := make([]*string, n)
-	priorities := make([]int64, n)
-	visible := make([]time.Time, n)
-	for i, m := range p.Messages {
-		queues[i], tasks[i], steps[i], payloads[i], priorities[i] = m.Queue, m.TaskUUID, m.StepUUID, jsonText(m.Payload), int64(m.Priority)
-		visible[i] = now
-		if !m.VisibleAt.IsZero() {
-			visible[i] = m.VisibleAt
-		}
+	at := make([]time.Time, len(p.Messages))
+	for i := range at {
+		at[i] = now
 	}
-	// ORDER BY ord: IDs follow the order of Messages, which claims use to
-	// break priority ties. The same statement notifies each queue's
-	// channel once; PostgreSQL delivers the notifications when the rows
-	// become visible, at commit.
-	return e.execLater(ctx, "send to queue "+p.Messages[0].Queue, `WITH sent AS (
-			INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
-			SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, $1
-			FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
-				WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, ord)
-			ORDER BY m.ord
-		)
-		SELECT pg_notify(c, $9) FROM unnest($8::text[]) AS c`,
-		now, queues, tasks, steps, payloads, priorities, visible, e.queueChannels(queues), e.instance)
+	set := &queueSends{e: e, msgs: slices.Clone(p.Messages), at: at}
+	if pt, ok := e.q.(*pipeTx); ok {
+		pt.queueSet(set)
+		return nil
+	}
+	d := set.statements()[0]
+	return e.execLater(ctx, d.what, d.sql, d.args...)
 }
 
 const msgCols = `id, queue, task_uuid, step_uuid, payload, COALESCE(lease_token, ''), COALESCE(lease_owner, ''), read_count,
@@ -810,9 +754,9 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 		if err != nil {
 			return nil, err
 		}
-		hs[i] = stepHistoryRow{step: c.StepUUID, from: "enqueued", to: "in_progress", event: "start", metadata: md}
+		hs[i] = stepHistoryRow{step: c.StepUUID, from: "enqueued", to: "in_progress", event: "start", metadata: md, at: now}
 	}
-	if err := e.stepHistory(ctx, now, hs...); err != nil {
+	if err := e.stepHistory(ctx, hs...); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -909,10 +853,10 @@ func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompletePa
 			if !c.Success {
 				to, event = "enqueued_as_error_for_orchestration", "fail_attempt"
 			}
-			hs = append(hs, stepHistoryRow{step: c.StepUUID, from: "in_progress", to: to, event: event, metadata: c.Metadata})
+			hs = append(hs, stepHistoryRow{step: c.StepUUID, from: "in_progress", to: to, event: event, metadata: c.Metadata, at: now})
 		}
 	}
-	return e.stepHistory(ctx, now, hs...)
+	return e.stepHistory(ctx, hs...)
 }
 
 // --- durable events ---

@@ -153,10 +153,10 @@ func (e *executor) StepsEnqueue(ctx context.Context, p store.StepsEnqueueParams)
 	hs := make([]stepHistoryRow, n)
 	msgs := make([]store.QueueMessageInsert, n)
 	for i, id := range p.Steps {
-		hs[i] = stepHistoryRow{step: id, from: p.From, to: "enqueued", event: "enqueue"}
+		hs[i] = stepHistoryRow{step: id, from: p.From, to: "enqueued", event: "enqueue", at: now}
 		msgs[i] = store.QueueMessageInsert{Queue: p.Queue, TaskUUID: p.TaskUUID, StepUUID: id, Priority: p.Priority}
 	}
-	if err := e.stepHistory(ctx, now, hs...); err != nil {
+	if err := e.stepHistory(ctx, hs...); err != nil {
 		return err
 	}
 	return e.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now})

@@ -34,10 +34,13 @@ type pipeTx struct {
 }
 
 // deferred is a statement waiting to be sent; what names it in errors.
+// A deferred write set (set non-nil) stands for the statements it renders
+// when it is sent.
 type deferred struct {
 	what string
 	sql  string
 	args []any
+	set  writeSet
 }
 
 var errTxDone = errors.New("transaction already committed or rolled back")
@@ -45,6 +48,22 @@ var errTxDone = errors.New("transaction already committed or rolled back")
 // queue defers a statement whose result nobody reads.
 func (p *pipeTx) queue(what, sql string, args ...any) {
 	p.pending = append(p.pending, deferred{what: what, sql: sql, args: args})
+}
+
+// queueSet defers a write set: it joins the latest pending set it can
+// join, unless a write it does not commute with was queued after that
+// set, and is queued at the end otherwise.
+func (p *pipeTx) queueSet(ws writeSet) {
+	for i := len(p.pending) - 1; i >= 0; i-- {
+		d := &p.pending[i]
+		if d.set != nil && d.set.join(ws) {
+			return
+		}
+		if !ws.commutes(d) {
+			break
+		}
+	}
+	p.pending = append(p.pending, deferred{set: ws})
 }
 
 // stmt is a statement whose result the caller reads.
@@ -64,13 +83,21 @@ func (p *pipeTx) send(ctx context.Context, stmts ...stmt) (pgx.BatchResults, err
 	if !p.begun {
 		b.Queue("begin")
 	}
+	var pending []deferred
 	for _, d := range p.pending {
+		if d.set != nil {
+			pending = append(pending, d.set.statements()...)
+		} else {
+			pending = append(pending, d)
+		}
+	}
+	for _, d := range pending {
 		b.Queue(d.sql, d.args...)
 	}
 	for _, s := range stmts {
 		b.Queue(s.sql, s.args...)
 	}
-	pending, wasBegun := p.pending, p.begun
+	wasBegun := p.begun
 	p.pending, p.begun = nil, true
 	br := p.conn.SendBatch(ctx, b)
 	if !wasBegun {

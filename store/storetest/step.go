@@ -3,6 +3,8 @@ package storetest
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -412,5 +414,99 @@ func testDeferredTransitions(s *suite) {
 	s.wantErr("deferred task transition from a stale state", err, store.ErrStateConflict)
 	if n := len(s.taskHistory(task)); n != 1 {
 		s.t.Errorf("refused deferred task transition left history: %d rows, want 1", n)
+	}
+}
+
+// testDeferredInterleaved: many deferred transitions of several tasks and
+// their steps, interleaved with queue messages and with a step moved twice,
+// land as issued: every row in its final state, every history in order,
+// the messages in the order sent. A stale one among them fails the whole
+// transaction with ErrStateConflict naming the step, and nothing of it is
+// kept.
+func testDeferredInterleaved(s *suite) {
+	tasks := []string{s.newTask(store.TaskInsertParams{State: "pending"}), s.newTask(store.TaskInsertParams{State: "pending"})}
+	steps := [][]string{s.newSteps(tasks[0], "ns", "a", "b"), s.newSteps(tasks[1], "ns", "a", "b")}
+	now := at(time.Second)
+	s.tx(func(tx store.Tx) error {
+		for i, task := range tasks {
+			for _, id := range steps[i] {
+				if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+					UUID: id, From: "pending", To: "enqueued", Event: "enqueue", Now: now}); err != nil {
+					return err
+				}
+			}
+			msgs := []store.QueueMessageInsert{{Queue: store.WorkerQueue("ns"), TaskUUID: task, StepUUID: steps[i][0]},
+				{Queue: store.WorkerQueue("ns"), TaskUUID: task, StepUUID: steps[i][1]}}
+			if err := tx.QueueSend(s.ctx, store.QueueSendParams{Messages: msgs, Now: now}); err != nil {
+				return err
+			}
+			if err := tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: true, UUID: task, From: "pending",
+				To: "initializing", Event: "start", Now: now, Then: []store.TaskHop{{To: "steps_in_process", Event: "steps_enqueued"}}}); err != nil {
+				return err
+			}
+			// The first task's second step moves again, after other writes.
+			if i == 0 {
+				if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+					UUID: steps[0][1], From: "enqueued", To: "cancelled", Event: "cancel", Now: now}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	for i, task := range tasks {
+		if got := s.task(task).State; got != "steps_in_process" {
+			s.t.Errorf("task %d state %q, want steps_in_process", i, got)
+		}
+		s.wantTransitions("interleaved task history", task, s.taskHistory(task),
+			[][3]string{{"pending", "initializing", "start"}, {"initializing", "steps_in_process", "steps_enqueued"}})
+	}
+	s.wantTransitions("step moved twice", steps[0][1], s.stepHistory(steps[0][1]),
+		[][3]string{{"pending", "enqueued", "enqueue"}, {"enqueued", "cancelled", "cancel"}})
+	if got := s.step(steps[0][1]); got.State != "cancelled" || got.CompletedAt == nil {
+		s.t.Errorf("step moved twice: %s completed_at %v, want cancelled with completed_at", got.State, got.CompletedAt)
+	}
+	for _, id := range []string{steps[0][0], steps[1][0], steps[1][1]} {
+		if got := s.step(id).State; got != "enqueued" {
+			s.t.Errorf("step %s is %s, want enqueued", id, got)
+		}
+	}
+	claimed := s.claimSteps("ns", 10, "w", at(2*time.Second))
+	var order []string
+	for _, c := range claimed {
+		order = append(order, c.StepUUID)
+	}
+	// The cancelled step's message is not claimed.
+	if want := []string{steps[0][0], steps[1][0], steps[1][1]}; !slices.Equal(order, want) {
+		s.t.Errorf("messages claimed in order %v, want the order sent %v", order, want)
+	}
+
+	// A stale transition among several: all or nothing.
+	fresh := s.newSteps(tasks[1], "ns", "c", "d")
+	err := s.try(func(tx store.Tx) error {
+		for _, id := range fresh {
+			if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+				UUID: id, From: "pending", To: "enqueued", Event: "enqueue", Now: now}); err != nil {
+				return err
+			}
+		}
+		if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+			UUID: steps[1][0], From: "pending", To: "enqueued", Event: "enqueue", Now: now}); err != nil {
+			return err
+		}
+		return tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: true, UUID: tasks[1], From: "steps_in_process",
+			To: "evaluating_results", Event: "results_received", Now: now})
+	})
+	s.wantErr("a stale transition among several", err, store.ErrStateConflict)
+	if err != nil && !strings.Contains(err.Error(), steps[1][0]) {
+		s.t.Errorf("conflict error %q does not name the stale step %s", err, steps[1][0])
+	}
+	for _, id := range fresh {
+		if got := s.step(id); got.State != "pending" || len(s.stepHistory(id)) != 0 {
+			s.t.Errorf("failed transaction kept a sibling's transition: %s with %d history rows", got.State, len(s.stepHistory(id)))
+		}
+	}
+	if got := s.task(tasks[1]).State; got != "steps_in_process" {
+		s.t.Errorf("failed transaction moved the task to %s", got)
 	}
 }

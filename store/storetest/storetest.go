@@ -65,6 +65,7 @@ var cases = []struct {
 	{"StepTransitionDecrementAttempts", testStepTransitionDecrementAttempts},
 	{"StepTransitionCompletedAt", testStepTransitionCompletedAt},
 	{"DeferredTransitions", testDeferredTransitions},
+	{"DeferredInterleaved", testDeferredInterleaved},
 	{"StepsDueForRetry", testStepsDueForRetry},
 
 	{"QueueClaimOrder", testQueueClaimOrder},

@@ -1,0 +1,299 @@
+package postgres
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+// A write set is a deferred write that later deferred writes of the same
+// kind join, so that an orchestration transaction over many tasks sends
+// one statement per kind of write (the tasks' transitions, the steps'
+// transitions, the queue messages) instead of one per row.
+//
+// Joining moves a write earlier in the transaction than where it was
+// issued: to the position of the set it joins. That is safe only across
+// writes it commutes with, so pipeTx.queueSet walks back from the end of
+// the pending list and stops at the first write that a set does not
+// commute with; a set never takes two rows for the same entity, so the
+// transitions of one step stay in the order they were issued.
+type writeSet interface {
+	// join adds next's rows to the set and reports true, or reports false
+	// (leaving the set alone) if they cannot share its statements.
+	join(next writeSet) bool
+	// commutes reports whether the set's rows may be applied before d,
+	// which was queued earlier.
+	commutes(d *deferred) bool
+	// statements renders the set, in order.
+	statements() []deferred
+}
+
+// stepMoves is a set of guarded step transitions (at most one per step)
+// with their history rows.
+type stepMoves struct {
+	seen map[string]bool
+	rows []store.StepTransitionParams
+}
+
+func newStepMoves(p store.StepTransitionParams) *stepMoves {
+	p.Now = orNow(p.Now)
+	return &stepMoves{seen: map[string]bool{p.UUID: true}, rows: []store.StepTransitionParams{p}}
+}
+
+func (s *stepMoves) join(next writeSet) bool {
+	n, ok := next.(*stepMoves)
+	if !ok {
+		return false
+	}
+	for _, r := range n.rows {
+		if s.seen[r.UUID] {
+			return false
+		}
+	}
+	for _, r := range n.rows {
+		s.seen[r.UUID] = true
+		s.rows = append(s.rows, r)
+	}
+	return true
+}
+
+// commutes: steps' rows and history are written by nothing else that is
+// deferred except plain history and inserts, which stay barriers.
+func (s *stepMoves) commutes(d *deferred) bool {
+	switch d.set.(type) {
+	case *taskMoves, *queueSends:
+		return true
+	}
+	return false
+}
+
+// moveSteps applies guarded step transitions: every row must match its
+// step in its From state, or the statement fails (SQLSTATE TK409, see
+// migration 0005) naming the transitions that did not match. The
+// subquery that names them runs only on failure.
+const moveSteps = `WITH m AS (
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[], $6::bool[], $7::text[],
+			$8::bool[], $9::text[], $10::bool[], $11::timestamptz[], $12::int[])
+			AS m(step_uuid, from_state, to_state, at, done, set_result, result, set_error, error, set_retry, next_retry_at, attempts_op)
+	), u AS (
+		UPDATE tasker_steps s SET state = m.to_state, updated_at = m.at,
+			completed_at = CASE WHEN m.done THEN m.at END,
+			result = CASE WHEN m.set_result THEN m.result::jsonb ELSE s.result END,
+			error = CASE WHEN m.set_error THEN m.error::jsonb ELSE s.error END,
+			next_retry_at = CASE WHEN m.set_retry THEN m.next_retry_at ELSE s.next_retry_at END,
+			attempts = CASE m.attempts_op WHEN 1 THEN 0 WHEN 2 THEN GREATEST(s.attempts - 1, 0) ELSE s.attempts END
+		FROM m WHERE s.step_uuid = m.step_uuid AND s.state = m.from_state
+		RETURNING s.step_uuid
+	), n AS (SELECT count(*) AS n FROM u)
+	SELECT tasker_expect_count(n.n, cardinality($1::text[]), CASE WHEN n.n = cardinality($1::text[]) THEN '' ELSE
+		'step ' || (SELECT string_agg(m.step_uuid || ' ' || m.from_state || '→' || m.to_state, ', ') FROM m
+			WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.step_uuid = m.step_uuid)) END)
+	FROM n`
+
+func (s *stepMoves) statements() []deferred {
+	n := len(s.rows)
+	ids, from, to := make([]string, n), make([]string, n), make([]string, n)
+	at, retryAt := make([]time.Time, n), make([]*time.Time, n)
+	done, setResult, setError, setRetry := make([]bool, n), make([]bool, n), make([]bool, n), make([]bool, n)
+	results, errs := make([]*string, n), make([]*string, n)
+	attempts := make([]int32, n)
+	hs := make([]stepHistoryRow, n)
+	for i, p := range s.rows {
+		ids[i], from[i], to[i], at[i], done[i] = p.UUID, p.From, p.To, p.Now, isTerminal(p.To)
+		setResult[i], setError[i], setRetry[i] = p.SetResult, p.SetError, p.SetNextRetryAt
+		if p.SetResult {
+			results[i] = jsonText(p.Result)
+		}
+		if p.SetError {
+			errs[i] = jsonText(p.Error)
+		}
+		if p.SetNextRetryAt {
+			retryAt[i] = p.NextRetryAt
+		}
+		switch {
+		case p.ResetAttempts:
+			attempts[i] = 1
+		case p.DecrementAttempts:
+			attempts[i] = 2
+		}
+		hs[i] = stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata, at: p.Now}
+	}
+	what := fmt.Sprintf("transition of %d steps", n)
+	if n == 1 {
+		what = "step " + ids[0] + " " + from[0] + "→" + to[0]
+	}
+	return []deferred{
+		{what: what, sql: moveSteps, args: []any{ids, from, to, at, done, setResult, results, setError, errs, setRetry, retryAt, attempts}},
+		stepHistoryStmt(hs),
+	}
+}
+
+// taskMoves is a set of guarded task transitions (at most one per task,
+// each possibly a path through several states) with their history rows.
+type taskMoves struct {
+	seen map[string]bool
+	rows []store.TaskTransitionParams
+}
+
+func newTaskMoves(p store.TaskTransitionParams) *taskMoves {
+	p.Now = orNow(p.Now)
+	return &taskMoves{seen: map[string]bool{p.UUID: true}, rows: []store.TaskTransitionParams{p}}
+}
+
+func (s *taskMoves) join(next writeSet) bool {
+	n, ok := next.(*taskMoves)
+	if !ok {
+		return false
+	}
+	for _, r := range n.rows {
+		if s.seen[r.UUID] {
+			return false
+		}
+	}
+	for _, r := range n.rows {
+		s.seen[r.UUID] = true
+		s.rows = append(s.rows, r)
+	}
+	return true
+}
+
+// commutes: a task's row and history are written by no other deferred
+// write; step inserts reference the task row but do not change it.
+func (s *taskMoves) commutes(d *deferred) bool {
+	switch d.set.(type) {
+	case *stepMoves, *queueSends:
+		return true
+	}
+	return false
+}
+
+const moveTasks = `WITH m AS (
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bool[])
+			AS m(task_uuid, from_state, to_state, at, done)
+	), u AS (
+		UPDATE tasker_tasks t SET state = m.to_state, updated_at = m.at, completed_at = CASE WHEN m.done THEN m.at END
+		FROM m WHERE t.task_uuid = m.task_uuid AND t.state = m.from_state
+		RETURNING t.task_uuid
+	), n AS (SELECT count(*) AS n FROM u)
+	SELECT tasker_expect_count(n.n, cardinality($1::text[]), CASE WHEN n.n = cardinality($1::text[]) THEN '' ELSE
+		'task ' || (SELECT string_agg(m.task_uuid || ' ' || m.from_state || '→' || m.to_state, ', ') FROM m
+			WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.task_uuid = m.task_uuid)) END)
+	FROM n`
+
+// taskHistory records task transitions; a task's rows are numbered by
+// hop (1, 2, …) after its last recorded sort key. Every task appears in
+// one path only, so MAX is read once per task before any row is added.
+const taskHistory = `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+	SELECT h.task_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
+		(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_task_transitions t WHERE t.task_uuid = h.task_uuid) + h.hop, h.at
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
+		AS h(task_uuid, from_state, to_state, event, metadata, hop, at)`
+
+func (s *taskMoves) statements() []deferred {
+	n := len(s.rows)
+	ids, from, to := make([]string, n), make([]string, n), make([]string, n)
+	at, done := make([]time.Time, n), make([]bool, n)
+	var hTask, hFrom, hTo, hEvent []string
+	var hMeta []*string
+	var hHop []int32
+	var hAt []time.Time
+	for i, p := range s.rows {
+		final := p.Final()
+		ids[i], from[i], to[i], at[i], done[i] = p.UUID, p.From, final, p.Now, isTerminal(final)
+		for j, h := range p.Path() {
+			hTask, hFrom, hTo, hEvent = append(hTask, p.UUID), append(hFrom, h[0]), append(hTo, h[1]), append(hEvent, h[2])
+			hMeta, hHop, hAt = append(hMeta, jsonText(p.Metadata)), append(hHop, int32(j+1)), append(hAt, p.Now)
+		}
+	}
+	what := fmt.Sprintf("transition of %d tasks", n)
+	if n == 1 {
+		what = "task " + ids[0] + " " + from[0] + "→" + to[0]
+	}
+	return []deferred{
+		{what: what, sql: moveTasks, args: []any{ids, from, to, at, done}},
+		{what: "history of " + what, sql: taskHistory, args: []any{hTask, hFrom, hTo, hEvent, hMeta, hHop, hAt}},
+	}
+}
+
+// queueSends is a set of queue messages. Messages commute with every
+// other deferred write (nothing deferred reads or changes the queue), and
+// joined sets keep the order in which messages were sent, which claims
+// use to break priority ties.
+type queueSends struct {
+	e    *executor
+	msgs []store.QueueMessageInsert
+	at   []time.Time
+}
+
+func (s *queueSends) join(next writeSet) bool {
+	n, ok := next.(*queueSends)
+	if !ok {
+		return false
+	}
+	s.msgs, s.at = append(s.msgs, n.msgs...), append(s.at, n.at...)
+	return true
+}
+
+func (s *queueSends) commutes(*deferred) bool { return true }
+
+// sendMessages inserts queue messages (IDs in the order given) and
+// notifies each queue's channel once; PostgreSQL delivers the
+// notifications when the rows become visible, at commit.
+const sendMessages = `WITH sent AS (
+		INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
+		SELECT m.queue, m.task_uuid, m.step_uuid, m.payload::jsonb, m.priority, m.visible_at, m.enqueued_at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[])
+			WITH ORDINALITY AS m(queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at, ord)
+		ORDER BY m.ord
+	)
+	SELECT pg_notify(c, $9) FROM unnest($8::text[]) AS c`
+
+func (s *queueSends) statements() []deferred {
+	n := len(s.msgs)
+	queues, tasks, steps := make([]string, n), make([]string, n), make([]string, n)
+	payloads := make([]*string, n)
+	priorities := make([]int32, n)
+	visible := make([]time.Time, n)
+	for i, m := range s.msgs {
+		queues[i], tasks[i], steps[i], payloads[i], priorities[i] = m.Queue, m.TaskUUID, m.StepUUID, jsonText(m.Payload), int32(m.Priority)
+		visible[i] = s.at[i]
+		if !m.VisibleAt.IsZero() {
+			visible[i] = m.VisibleAt
+		}
+	}
+	return []deferred{{what: "send to queue " + queues[0], sql: sendMessages,
+		args: []any{queues, tasks, steps, payloads, priorities, visible, s.at, s.e.queueChannels(queues), s.e.instance}}}
+}
+
+// stepHistoryRow is one step transition to record.
+type stepHistoryRow struct {
+	step, from, to, event string
+	metadata              json.RawMessage
+	at                    time.Time
+}
+
+// stepHistoryStmt records transitions of distinct steps. It must run as a
+// statement of its own after the steps' rows were updated in the same
+// transaction: then it sees every history row committed before the row
+// locks were taken, and no other writer can add one until the transaction
+// ends, so MAX+1 is the next sort key.
+func stepHistoryStmt(hs []stepHistoryRow) deferred {
+	n := len(hs)
+	steps, from, to, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	md := make([]*string, n)
+	at := make([]time.Time, n)
+	for i, h := range hs {
+		steps[i], from[i], to[i], events[i], md[i], at[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at
+	}
+	what := fmt.Sprintf("history of %d steps", n)
+	if n == 1 {
+		what = "step " + hs[0].step + " history"
+	}
+	return deferred{what: what, sql: `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
+			(SELECT COALESCE(MAX(t.sort_key), 0) + 1 FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid), h.at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS h(step_uuid, from_state, to_state, event, metadata, at)`,
+		args: []any{steps, from, to, events, md, at}}
+}
