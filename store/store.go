@@ -157,6 +157,10 @@ type TaskInsertParams struct {
 	Tags                           []string
 	Priority                       int
 	Now                            time.Time
+	// StepCount is the number of steps the task is created with (0 if the
+	// caller does not say). A driver may keep it to tell a large task
+	// without counting its steps (CompleteAndLoadParams.LimitSteps).
+	StepCount int
 }
 
 // TaskGetParams addresses a task. ForUpdate takes a row lock that serialises

@@ -345,7 +345,7 @@ func (o *Orchestrator) insert(ctx context.Context, tx store.Tx, n *newTask, now 
 	if err := tx.TaskInsert(ctx, store.TaskInsertParams{
 		UUID: n.task.UUID, Namespace: n.task.Namespace, Name: n.task.Name, Version: n.task.Version, State: n.task.State,
 		Context: n.task.Context, IdentityHash: n.identity, Initiator: p.Initiator, SourceSystem: p.SourceSystem,
-		Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, Now: now,
+		Reason: p.Reason, Tags: p.Tags, Priority: p.Priority, Now: now, StepCount: len(n.inserts),
 	}); err != nil {
 		if errors.Is(err, store.ErrDuplicateIdentity) {
 			return fmt.Errorf("create %s task: %w", t.Key(), ErrDuplicateTask)

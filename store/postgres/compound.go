@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"math"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,26 +24,29 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	if len(p.Tasks) == 0 && len(p.Completions) == 0 {
 		return res, nil
 	}
-	stmts := []stmt{{sql: `SELECT ` + taskCols + ` FROM tasker_tasks WHERE task_uuid = ANY($1) ORDER BY task_uuid FOR UPDATE`,
-		args: []any{p.Tasks}}}
+	// Without LimitSteps every task counts as small: max is never reached.
+	most := int32(math.MaxInt32 - 1)
+	if p.LimitSteps {
+		most = int32(min(p.MaxSteps, math.MaxInt32-1))
+		res.Large = make(map[string]bool)
+	}
+	// A task's size comes from the step_count it was created with; only a
+	// task created before migration 0006 is counted, and the count stops at
+	// most+1 rows, so telling a large task costs no more than reading a
+	// small one.
+	const size = `COALESCE(t.step_count, (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.task_uuid LIMIT $2 + 1) x))`
+	stmts := []stmt{{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t
+		WHERE task_uuid = ANY($1) ORDER BY task_uuid FOR UPDATE`, args: []any{p.Tasks, most}}}
 	if len(p.Completions) > 0 {
 		stmts = append(stmts, stmt{sql: completeSteps, args: completeArgs(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now})})
 	}
-	if p.LimitSteps {
-		// The counts stop at MaxSteps+1 rows per task, so telling a large
-		// task costs no more than reading a small one.
-		res.Large = make(map[string]bool)
-		stmts = append(stmts, stmt{sql: `SELECT t.id FROM unnest($1::text[]) AS t(id)
-			WHERE (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.id LIMIT $2) x) >= $2`,
-			args: []any{p.Tasks, p.MaxSteps + 1}})
-		stmts = append(stmts, stmt{sql: `WITH small AS (SELECT t.id FROM unnest($1::text[]) AS t(id)
-				WHERE (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.id LIMIT $2) x) < $2)
-			SELECT ` + stepCols + ` FROM tasker_steps s JOIN small ON s.task_uuid = small.id
-			ORDER BY s.task_uuid, s.position`, args: []any{p.Tasks, p.MaxSteps + 1}})
-	} else {
-		stmts = append(stmts, stmt{sql: `SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = ANY($1)
-			ORDER BY s.task_uuid, s.position`, args: []any{p.Tasks}})
-	}
+	// Each task's row and steps are probed through its key (LATERAL, not
+	// flattened), so a plan cached while the tables were small stays an
+	// index lookup as they grow (see moveSteps).
+	stmts = append(stmts, stmt{sql: `SELECT l.* FROM unnest($1::text[]) AS k(id)
+		JOIN LATERAL (SELECT t.task_uuid, ` + size + ` AS n FROM tasker_tasks t WHERE t.task_uuid = k.id OFFSET 0) t ON t.n <= $2
+		CROSS JOIN LATERAL (SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = k.id OFFSET 0) l
+		ORDER BY l.task_uuid, l.position`, args: []any{p.Tasks, most}})
 	br, err := t.tx.send(ctx, stmts...)
 	if err != nil {
 		return nil, fmt.Errorf("lock and complete: %w", mapErr(err))
@@ -50,27 +54,29 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	defer br.Close()
 
 	rows, err := br.Query()
-	tasks, err := collect(rows, mapErr(err), func(r pgx.Rows) (store.TaskRow, error) { return scanTask(r) })
+	type locked struct {
+		task  store.TaskRow
+		large bool
+	}
+	tasks, err := collect(rows, mapErr(err), func(r pgx.Rows) (locked, error) {
+		var l locked
+		var err error
+		l.task, err = scanTask(extraCol{r, &l.large})
+		return l, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("lock tasks: %w", err)
 	}
 	for i := range tasks {
-		res.Tasks[tasks[i].UUID] = &tasks[i]
+		res.Tasks[tasks[i].task.UUID] = &tasks[i].task
+		if tasks[i].large && p.LimitSteps {
+			res.Large[tasks[i].task.UUID] = true
+		}
 	}
 	if len(p.Completions) > 0 {
 		rows, err := br.Query()
 		if err := t.completeOutcomes(ctx, store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, rows, mapErr(err), res.Refused); err != nil {
 			return nil, err
-		}
-	}
-	if p.LimitSteps {
-		rows, err := br.Query()
-		large, err := collect(rows, mapErr(err), scanString)
-		if err != nil {
-			return nil, fmt.Errorf("count steps: %w", err)
-		}
-		for _, id := range large {
-			res.Large[id] = true
 		}
 	}
 	rows, err = br.Query()
@@ -88,3 +94,12 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	}
 	return res, nil
 }
+
+// extraCol scans a row that has one more column than a scan function
+// reads, into extra.
+type extraCol struct {
+	pgx.Rows
+	extra any
+}
+
+func (r extraCol) Scan(dest ...any) error { return r.Rows.Scan(append(dest, r.extra)...) }

@@ -229,12 +229,16 @@ func (e *executor) TaskInsert(ctx context.Context, p store.TaskInsertParams) err
 	// ON CONFLICT instead of a unique violation keeps the transaction
 	// usable after a duplicate, as it is on SQLite. A conflicting insert
 	// that is not committed yet is waited for.
+	var stepCount any
+	if p.StepCount > 0 {
+		stepCount = p.StepCount
+	}
 	tag, err := e.exec(ctx, `INSERT INTO tasker_tasks (task_uuid, namespace, name, version, state, context, identity_hash,
-		initiator, source_system, reason, tags, priority, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
+		initiator, source_system, reason, tags, priority, created_at, updated_at, step_count)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)
 		ON CONFLICT (identity_hash) DO NOTHING`,
 		p.UUID, p.Namespace, p.Name, p.Version, p.State, jsonArg(p.Context), identity,
-		p.Initiator, p.SourceSystem, p.Reason, tags, p.Priority, now)
+		p.Initiator, p.SourceSystem, p.Reason, tags, p.Priority, now, stepCount)
 	if err != nil {
 		return fmt.Errorf("insert task %s: %w", p.UUID, err)
 	}

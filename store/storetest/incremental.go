@@ -196,23 +196,42 @@ func testStepsEnqueueConflict(s *suite) {
 
 // testCompleteAndLoadLimitSteps: with LimitSteps, a task with more than
 // MaxSteps steps is locked but its steps are not read.
+// Tasks inserted with and without a StepCount are told apart alike.
 func testCompleteAndLoadLimitSteps(s *suite) {
-	small := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
-	big := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
-	s.newSteps(small, "ns", "a", "b")
-	s.newSteps(big, "ns", "a", "b", "c")
-	var res *store.CompleteAndLoadResult
-	s.tx(func(tx store.Tx) error {
-		var err error
-		res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{Tasks: []string{small, big},
-			LimitSteps: true, MaxSteps: 2, Now: at(time.Second)})
-		return err
-	})
-	if res.Tasks[small] == nil || res.Tasks[big] == nil {
-		s.t.Fatalf("Tasks = %v, want both", res.Tasks)
-	}
-	if len(res.Steps[small]) != 2 || len(res.Steps[big]) != 0 || res.Large[small] || !res.Large[big] {
-		s.t.Errorf("steps small %d big %d, large %v; want 2, 0 and only the big task large",
-			len(res.Steps[small]), len(res.Steps[big]), res.Large)
+	for _, counted := range []bool{false, true} {
+		count := func(n int) int {
+			if counted {
+				return n
+			}
+			return 0
+		}
+		small := s.newTask(store.TaskInsertParams{State: "steps_in_process", StepCount: count(2)})
+		big := s.newTask(store.TaskInsertParams{State: "steps_in_process", StepCount: count(3)})
+		s.newSteps(small, "ns", "a", "b")
+		s.newSteps(big, "ns", "a", "b", "c")
+		var res *store.CompleteAndLoadResult
+		s.tx(func(tx store.Tx) error {
+			var err error
+			res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{Tasks: []string{small, big},
+				LimitSteps: true, MaxSteps: 2, Now: at(time.Second)})
+			return err
+		})
+		if res.Tasks[small] == nil || res.Tasks[big] == nil {
+			s.t.Fatalf("StepCount given %v: Tasks = %v, want both", counted, res.Tasks)
+		}
+		if len(res.Steps[small]) != 2 || len(res.Steps[big]) != 0 || res.Large[small] || !res.Large[big] {
+			s.t.Errorf("StepCount given %v: steps small %d big %d, large %v; want 2, 0 and only the big task large",
+				counted, len(res.Steps[small]), len(res.Steps[big]), res.Large)
+		}
+		// Without LimitSteps every task's steps are read.
+		s.tx(func(tx store.Tx) error {
+			var err error
+			res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{Tasks: []string{small, big}, Now: at(time.Second)})
+			return err
+		})
+		if len(res.Steps[small]) != 2 || len(res.Steps[big]) != 3 || res.Large[big] {
+			s.t.Errorf("StepCount given %v, no LimitSteps: steps small %d big %d, large %v; want 2, 3, none large",
+				counted, len(res.Steps[small]), len(res.Steps[big]), res.Large)
+		}
 	}
 }
