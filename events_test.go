@@ -240,9 +240,13 @@ func checkCommitted(eng *tasker.Engine, ev tasker.DomainEvent) string {
 // then success; exhaustion, whose last failure is the permanent one; a
 // Permanent error; a retryable error on a step that may not retry; and a
 // retryable error on its only attempt.
+//
+// It runs on SQLite and on PostgreSQL, whose driver records a success and
+// completes its step in one write (CompleteAndLoadParams.SettleSuccesses):
+// the events must not tell the two apart.
 func TestEventConditions(t *testing.T) {
 	t.Parallel()
-	eng, _ := openEngine(t, engineOptions{
+	opts := engineOptions{
 		cfg: tasker.Config{RetryJitter: -1},
 		templates: []string{
 			condTemplate("conds", "{max_attempts: 3, backoff: none}"),
@@ -250,7 +254,19 @@ func TestEventConditions(t *testing.T) {
 			condTemplate("conds_once", "{max_attempts: 1}"),
 		},
 		handlers: map[string]tasker.HandlerFunc{"evt.mode": modeHandler},
+	}
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		eng, _ := openEngine(t, opts)
+		testEventConditions(t, eng)
 	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		testEventConditions(t, openPostgresEngine(t, opts))
+	})
+}
+
+func testEventConditions(t *testing.T, eng *tasker.Engine) {
 	log := &eventLog{}
 	var mu sync.Mutex
 	var violations []string

@@ -609,6 +609,13 @@ type CompleteAndLoadParams struct {
 	// caller reads what it needs of them through Incremental.
 	LimitSteps bool
 	MaxSteps   int
+	// SettleSuccesses lets the driver move a successful completion straight
+	// from in_progress to complete, recording both transitions (succeed,
+	// then complete), when the caller would apply every success that way
+	// in the same transaction anyway. A driver that does not is free to
+	// leave successes in enqueued_for_orchestration; Settled says which it
+	// moved.
+	SettleSuccesses bool
 }
 
 // CompleteAndLoadResult is what CompleteAndLoad found.
@@ -622,6 +629,9 @@ type CompleteAndLoadResult struct {
 	Steps map[string][]StepRow
 	// Large holds the tasks whose steps were left out (LimitSteps).
 	Large map[string]bool
+	// Settled holds the steps whose successes were moved straight to
+	// complete (SettleSuccesses).
+	Settled map[string]bool
 }
 
 // CompleteAndLoader is implemented by transactions that can run

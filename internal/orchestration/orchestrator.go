@@ -193,6 +193,9 @@ func (o *Orchestrator) Templates() *Templates { return o.templates }
 
 // effects are what a committed transaction must announce.
 type effects struct {
+	// settled are the steps whose successes the store moved straight to
+	// complete while recording them (CompleteAndLoadParams.SettleSuccesses).
+	settled    map[string]bool
 	events     int
 	namespaces map[string]struct{}
 	tasks      map[string]state.TaskState
@@ -816,8 +819,11 @@ func (o *Orchestrator) applyResults(ctx context.Context, tx store.Tx, task *stor
 		if def, ok := t.Step(s.Name); ok {
 			publishes = o.cfg.Events != nil && len(def.PublishesEvents) > 0
 		}
+		// A success the store already moved to complete while recording it
+		// (SettleSuccesses) is applied: it only needs its outcome published.
+		settled := eff.settled[s.UUID] && s.State == string(state.StepComplete)
 		awaiting := s.State == string(state.StepEnqueuedAsErrorForOrchestration) || s.State == string(state.StepEnqueuedForOrchestration)
-		if awaiting && (publishes || s.State == string(state.StepEnqueuedAsErrorForOrchestration)) {
+		if (awaiting || settled) && (publishes || s.State == string(state.StepEnqueuedAsErrorForOrchestration)) {
 			full, err := tx.StepGet(ctx, store.StepGetParams{UUID: s.UUID})
 			if err != nil {
 				return err
@@ -825,9 +831,12 @@ func (o *Orchestrator) applyResults(ctx context.Context, tx store.Tx, task *stor
 			s.Error, s.Result = full.Error, full.Result
 		}
 		attempt := s.Attempts
-		outcome, err := o.applyResult(ctx, tx, s, t, now)
-		if err != nil {
-			return fmt.Errorf("task %s step %s: %w", taskUUID, s.Name, err)
+		outcome := events.OutcomeSuccess
+		if !settled {
+			var err error
+			if outcome, err = o.applyResult(ctx, tx, s, t, now); err != nil {
+				return fmt.Errorf("task %s step %s: %w", taskUUID, s.Name, err)
+			}
 		}
 		if publishes && outcome != "" {
 			// Durable events go in this transaction: they exist exactly
@@ -877,11 +886,11 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 		}
 		loaded, err := store.CompleteAndLoad(ctx, tx, store.CompleteAndLoadParams{
 			Tasks: sortedKeys(ids), Completions: completions, Now: now,
-			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove})
+			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove, SettleSuccesses: true})
 		if err != nil {
 			return err
 		}
-		refused = loaded.Refused
+		refused, eff.settled = loaded.Refused, loaded.Settled
 		byTask := map[string]map[string]bool{}
 		for i, c := range completions {
 			if refused[i] != nil {

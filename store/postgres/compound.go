@@ -20,6 +20,7 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 		Refused: make([]error, len(p.Completions)),
 		Tasks:   make(map[string]*store.TaskRow, len(p.Tasks)),
 		Steps:   make(map[string][]store.StepRow, len(p.Tasks)),
+		Settled: make(map[string]bool),
 	}
 	if len(p.Tasks) == 0 && len(p.Completions) == 0 {
 		return res, nil
@@ -38,7 +39,7 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	stmts := []stmt{{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t
 		WHERE task_uuid = ANY($1) ORDER BY task_uuid FOR UPDATE`, args: []any{p.Tasks, most}}}
 	if len(p.Completions) > 0 {
-		stmts = append(stmts, stmt{sql: completeSteps, args: completeArgs(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now})})
+		stmts = append(stmts, stmt{sql: completeSteps, args: completeArgs(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses)})
 	}
 	// Each task's row and steps are probed through its key (LATERAL, not
 	// flattened), so a plan cached while the tables were small stays an
@@ -75,7 +76,8 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	}
 	if len(p.Completions) > 0 {
 		rows, err := br.Query()
-		if err := t.completeOutcomes(ctx, store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, rows, mapErr(err), res.Refused); err != nil {
+		if err := t.completeOutcomes(ctx, store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses,
+			res.Settled, rows, mapErr(err), res.Refused); err != nil {
 			return nil, err
 		}
 	}

@@ -783,7 +783,9 @@ const completeSteps = `WITH c AS (
 		SELECT DISTINCT ON (c.step_uuid) c.* FROM c JOIN leased USING (ord) ORDER BY c.step_uuid, c.ord
 	), moved AS (
 		UPDATE tasker_steps s SET
-			state = CASE WHEN f.success THEN 'enqueued_for_orchestration' ELSE 'enqueued_as_error_for_orchestration' END,
+			state = CASE WHEN NOT f.success THEN 'enqueued_as_error_for_orchestration' WHEN $9 THEN 'complete'
+				ELSE 'enqueued_for_orchestration' END,
+			completed_at = CASE WHEN f.success AND $9 THEN $8 ELSE s.completed_at END,
 			result = f.result::jsonb, error = COALESCE(f.error::jsonb, s.error), updated_at = $8
 		FROM first f WHERE s.step_uuid = f.step_uuid AND s.state = 'in_progress' AND s.attempts = f.attempt
 		RETURNING f.ord, f.message_id
@@ -798,15 +800,15 @@ func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParam
 	if len(p.Completions) == 0 {
 		return out, nil
 	}
-	rows, err := e.query(ctx, completeSteps, completeArgs(p)...)
-	if err := e.completeOutcomes(ctx, p, rows, err, out); err != nil {
+	rows, err := e.query(ctx, completeSteps, completeArgs(p, false)...)
+	if err := e.completeOutcomes(ctx, p, false, nil, rows, err, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
 // completeArgs are completeSteps' arguments for p.
-func completeArgs(p store.StepsCompleteParams) []any {
+func completeArgs(p store.StepsCompleteParams, settle bool) []any {
 	now := orNow(p.Now)
 	n := len(p.Completions)
 	ids, tokens, steps := make([]int64, n), make([]string, n), make([]string, n)
@@ -823,13 +825,14 @@ func completeArgs(p store.StepsCompleteParams) []any {
 			errs[i] = jsonText(c.Error)
 		}
 	}
-	return []any{ids, tokens, steps, attempts, success, results, errs, now}
+	return []any{ids, tokens, steps, attempts, success, results, errs, now, settle}
 }
 
 // completeOutcomes reads completeSteps' rows into out (one entry per
 // completion: nil or why it was refused) and records the history of the
 // applied ones.
-func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompleteParams, rows pgx.Rows, err error, out []error) error {
+func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompleteParams, settle bool, settled map[string]bool,
+	rows pgx.Rows, err error, out []error) error {
 	type outcome struct {
 		ord           int64
 		leased, moved bool
@@ -858,6 +861,12 @@ func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompletePa
 				to, event = "enqueued_as_error_for_orchestration", "fail_attempt"
 			}
 			hs = append(hs, stepHistoryRow{step: c.StepUUID, from: "in_progress", to: to, event: event, metadata: c.Metadata, at: now})
+			if c.Success && settle {
+				hs = append(hs, stepHistoryRow{step: c.StepUUID, from: to, to: "complete", event: "complete", at: now, hop: 2})
+				if settled != nil {
+					settled[c.StepUUID] = true
+				}
+			}
 		}
 	}
 	return e.stepHistory(ctx, hs...)

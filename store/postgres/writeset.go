@@ -283,9 +283,12 @@ type stepHistoryRow struct {
 	step, from, to, event string
 	metadata              json.RawMessage
 	at                    time.Time
+	// hop numbers the rows of one step in one statement: 1, 2, …; 0 means 1.
+	hop int32
 }
 
-// stepHistoryStmt records transitions of distinct steps. It must run as a
+// stepHistoryStmt records step transitions; several of one step carry
+// hops 1, 2, … in order. It must run as a
 // statement of its own after the steps' rows were updated in the same
 // transaction: then it sees every history row committed before the row
 // locks were taken, and no other writer can add one until the transaction
@@ -295,8 +298,9 @@ func stepHistoryStmt(hs []stepHistoryRow) deferred {
 	steps, from, to, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	md := make([]*string, n)
 	at := make([]time.Time, n)
+	hops := make([]int32, n)
 	for i, h := range hs {
-		steps[i], from[i], to[i], events[i], md[i], at[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at
+		steps[i], from[i], to[i], events[i], md[i], at[i], hops[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at, max(h.hop, 1)
 	}
 	what := fmt.Sprintf("history of %d steps", n)
 	if n == 1 {
@@ -304,7 +308,8 @@ func stepHistoryStmt(hs []stepHistoryRow) deferred {
 	}
 	return deferred{what: what, sql: `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
 		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
-			(SELECT COALESCE(MAX(t.sort_key), 0) + 1 FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid), h.at
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS h(step_uuid, from_state, to_state, event, metadata, at)`,
-		args: []any{steps, from, to, events, md, at}}
+			(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid) + h.hop, h.at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int[])
+			AS h(step_uuid, from_state, to_state, event, metadata, at, hop)`,
+		args: []any{steps, from, to, events, md, at, hops}}
 }

@@ -378,4 +378,55 @@ func testCompleteAndLoad(s *suite) {
 		return err
 	})
 	s.wantErr("load of a missing task", err, store.ErrNotFound)
+	if len(res.Settled) != 0 {
+		s.t.Errorf("Settled = %v without SettleSuccesses, want none", res.Settled)
+	}
+
+	// SettleSuccesses: a driver may move a success straight to complete,
+	// with both transitions in its history; a failure is never settled.
+	s.enqueueSteps(task, "ns", ids[2:], at(4*time.Second))
+	claimed = append(s.claimSteps("ns", 10, "w", at(5*time.Second)), b)
+	byStep = map[string]store.ClaimedStep{}
+	for _, c := range claimed {
+		byStep[c.StepUUID] = c
+	}
+	b, c := byStep[ids[1]], byStep[ids[2]]
+	s.tx(func(tx store.Tx) error {
+		var err error
+		res, err = store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{
+			Tasks: []string{task}, SettleSuccesses: true, Now: at(6 * time.Second),
+			Completions: []store.StepCompletion{
+				{MessageID: b.Message.ID, LeaseToken: b.Message.LeaseToken, TaskUUID: task, StepUUID: ids[1], Attempt: 1,
+					Success: false, Error: json.RawMessage(`{"message":"no"}`)},
+				{MessageID: c.Message.ID, LeaseToken: c.Message.LeaseToken, TaskUUID: task, StepUUID: ids[2], Attempt: 1,
+					Success: true, Result: json.RawMessage(`{"n": 3}`)},
+			},
+		})
+		return err
+	})
+	s.wantErr("settled success", res.Refused[1], nil)
+	s.wantErr("failure next to a settled success", res.Refused[0], nil)
+	if res.Settled[ids[1]] {
+		s.t.Error("a failure was reported settled")
+	}
+	got := s.step(ids[2])
+	if res.Settled[ids[2]] {
+		if got.State != "complete" || got.CompletedAt == nil || string(got.Result) != `{"n": 3}` {
+			s.t.Errorf("settled step: %s completed_at %v result %s, want complete with both", got.State, got.CompletedAt, got.Result)
+		}
+		s.wantTransitions("settled step history", ids[2], s.stepHistory(ids[2]), [][3]string{
+			{"pending", "enqueued", "enqueue"}, {"enqueued", "in_progress", "start"},
+			{"in_progress", "enqueued_for_orchestration", "succeed"}, {"enqueued_for_orchestration", "complete", "complete"},
+		})
+	} else if got.State != "enqueued_for_orchestration" {
+		s.t.Errorf("unsettled success left in %s, want enqueued_for_orchestration", got.State)
+	}
+	if st := s.step(ids[1]).State; st != "enqueued_as_error_for_orchestration" {
+		s.t.Errorf("failure left in %s, want enqueued_as_error_for_orchestration", st)
+	}
+	for _, st := range res.Steps[task] {
+		if st.UUID == ids[2] && st.State != got.State {
+			s.t.Errorf("loaded state of the settled step %s, stored %s", st.State, got.State)
+		}
+	}
 }
