@@ -130,15 +130,36 @@ func (s *stepMoves) statements() []deferred {
 		}
 		hs[i] = stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata, at: p.Now}
 	}
-	what := fmt.Sprintf("transition of %d steps", n)
 	if n == 1 {
-		what = "step " + ids[0] + " " + from[0] + "→" + to[0]
+		what := "step " + ids[0] + " " + from[0] + "→" + to[0]
+		return []deferred{
+			{what: what, sql: moveStep, args: []any{ids[0], from[0], to[0], at[0], done[0], setResult[0], results[0],
+				setError[0], errs[0], setRetry[0], retryAt[0], attempts[0], what}},
+			stepHistoryStmt(hs),
+		}
 	}
 	return []deferred{
-		{what: what, sql: moveSteps, args: []any{ids, from, to, at, done, setResult, results, setError, errs, setRetry, retryAt, attempts}},
+		{what: fmt.Sprintf("transition of %d steps", n), sql: moveSteps,
+			args: []any{ids, from, to, at, done, setResult, results, setError, errs, setRetry, retryAt, attempts}},
 		stepHistoryStmt(hs),
 	}
 }
+
+// moveStep is moveSteps for one step, the common case of a transaction
+// that moves one task's step along. Its plan is an index lookup by
+// primary key that PostgreSQL caches once per connection: an unnest of
+// one row is estimated at ten, so the set form is planned afresh on every
+// execution, which costs more than it runs.
+const moveStep = `WITH u AS (
+		UPDATE tasker_steps s SET state = $3, updated_at = $4, completed_at = CASE WHEN $5 THEN $4::timestamptz END,
+			result = CASE WHEN $6 THEN $7::jsonb ELSE s.result END,
+			error = CASE WHEN $8 THEN $9::jsonb ELSE s.error END,
+			next_retry_at = CASE WHEN $10 THEN $11::timestamptz ELSE s.next_retry_at END,
+			attempts = CASE $12::int WHEN 1 THEN 0 WHEN 2 THEN GREATEST(s.attempts - 1, 0) ELSE s.attempts END
+		WHERE s.step_uuid = $1 AND s.state = $2
+		RETURNING 1
+	)
+	SELECT tasker_expect_one((SELECT count(*) FROM u), $13)`
 
 // taskMoves is a set of guarded task transitions (at most one per task,
 // each possibly a path through several states) with their history rows.
@@ -218,15 +239,34 @@ func (s *taskMoves) statements() []deferred {
 			hMeta, hHop, hAt = append(hMeta, jsonText(p.Metadata)), append(hHop, int32(j+1)), append(hAt, p.Now)
 		}
 	}
-	what := fmt.Sprintf("transition of %d tasks", n)
 	if n == 1 {
-		what = "task " + ids[0] + " " + from[0] + "→" + to[0]
+		what := "task " + ids[0] + " " + from[0] + "→" + to[0]
+		return []deferred{
+			{what: what, sql: moveTask, args: []any{ids[0], from[0], to[0], at[0], done[0], what}},
+			{what: "history of " + what, sql: taskPathHistory, args: []any{ids[0], hMeta[0], at[0], hFrom, hTo, hEvent}},
+		}
 	}
+	what := fmt.Sprintf("transition of %d tasks", n)
 	return []deferred{
 		{what: what, sql: moveTasks, args: []any{ids, from, to, at, done}},
 		{what: "history of " + what, sql: taskHistory, args: []any{hTask, hFrom, hTo, hEvent, hMeta, hHop, hAt}},
 	}
 }
+
+// moveTask and taskPathHistory are moveTasks and taskHistory for one task
+// (see moveStep); the path's sort keys follow the task's last one, read
+// once.
+const moveTask = `WITH u AS (
+		UPDATE tasker_tasks SET state = $3, updated_at = $4, completed_at = CASE WHEN $5 THEN $4::timestamptz END
+		WHERE task_uuid = $1 AND state = $2
+		RETURNING 1
+	)
+	SELECT tasker_expect_one((SELECT count(*) FROM u), $6)`
+
+const taskPathHistory = `INSERT INTO tasker_task_transitions (task_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+	SELECT $1::text, h.from_state, h.to_state, h.event, $2::jsonb,
+		(SELECT COALESCE(MAX(sort_key), 0) FROM tasker_task_transitions WHERE task_uuid = $1::text) + h.ord, $3::timestamptz
+	FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS h(from_state, to_state, event, ord)`
 
 // queueSends is a set of queue messages. Messages commute with every
 // other deferred write (nothing deferred reads or changes the queue), and
@@ -302,10 +342,14 @@ func stepHistoryStmt(hs []stepHistoryRow) deferred {
 	for i, h := range hs {
 		steps[i], from[i], to[i], events[i], md[i], at[i], hops[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at, max(h.hop, 1)
 	}
-	what := fmt.Sprintf("history of %d steps", n)
 	if n == 1 {
-		what = "step " + hs[0].step + " history"
+		return deferred{what: "step " + hs[0].step + " history", sql: `INSERT INTO tasker_step_transitions
+			(step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+			SELECT $1::text, $2, $3, $4, $5::jsonb,
+				(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = $1::text) + $7::int, $6`,
+			args: []any{steps[0], from[0], to[0], events[0], md[0], at[0], hops[0]}}
 	}
+	what := fmt.Sprintf("history of %d steps", n)
 	return deferred{what: what, sql: `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
 		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
 			(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid) + h.hop, h.at
