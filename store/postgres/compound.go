@@ -36,18 +36,29 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	// most+1 rows, so telling a large task costs no more than reading a
 	// small one.
 	const size = `COALESCE(t.step_count, (SELECT count(*) FROM (SELECT 1 FROM tasker_steps c WHERE c.task_uuid = t.task_uuid LIMIT $2 + 1) x))`
-	stmts := []stmt{{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t
-		WHERE task_uuid = ANY($1) ORDER BY task_uuid FOR UPDATE`, args: []any{p.Tasks, most}}}
-	if len(p.Completions) > 0 {
-		stmts = append(stmts, stmt{sql: completeSteps, args: completeArgs(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses)})
-	}
+	lock := stmt{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t
+		WHERE task_uuid = ANY($1) ORDER BY task_uuid FOR UPDATE`, args: []any{p.Tasks, most}}
 	// Each task's row and steps are probed through its key (LATERAL, not
 	// flattened), so a plan cached while the tables were small stays an
 	// index lookup as they grow (see moveSteps).
-	stmts = append(stmts, stmt{sql: `SELECT l.* FROM unnest($1::text[]) AS k(id)
+	read := stmt{sql: `SELECT l.* FROM unnest($1::text[]) AS k(id)
 		JOIN LATERAL (SELECT t.task_uuid, ` + size + ` AS n FROM tasker_tasks t WHERE t.task_uuid = k.id OFFSET 0) t ON t.n <= $2
 		CROSS JOIN LATERAL (SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = k.id OFFSET 0) l
-		ORDER BY l.task_uuid, l.position`, args: []any{p.Tasks, most}})
+		ORDER BY l.task_uuid, l.position`, args: []any{p.Tasks, most}}
+	if len(p.Tasks) == 1 {
+		// One task, the usual case at light load: statements with a plan
+		// PostgreSQL caches (see moveStep).
+		lock = stmt{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t WHERE task_uuid = $1 FOR UPDATE`,
+			args: []any{p.Tasks[0], most}}
+		read = stmt{sql: `SELECT ` + stepCols + ` FROM tasker_steps s
+			WHERE s.task_uuid = $1 AND (SELECT ` + size + ` FROM tasker_tasks t WHERE t.task_uuid = $1) <= $2
+			ORDER BY s.position`, args: []any{p.Tasks[0], most}}
+	}
+	stmts := []stmt{lock}
+	if len(p.Completions) > 0 {
+		stmts = append(stmts, completeStmt(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses))
+	}
+	stmts = append(stmts, read)
 	br, err := t.tx.send(ctx, stmts...)
 	if err != nil {
 		return nil, fmt.Errorf("lock and complete: %w", mapErr(err))

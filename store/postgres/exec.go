@@ -795,12 +795,54 @@ const completeSteps = `WITH c AS (
 	SELECT c.ord, l.ord IS NOT NULL, m.ord IS NOT NULL
 	FROM c LEFT JOIN leased l USING (ord) LEFT JOIN moved m USING (ord) ORDER BY c.ord`
 
+// completeStep is completeSteps for one completion (see moveStep for why
+// a single row gets a statement of its own); its one row reads the same.
+const completeStep = `WITH leased AS (
+		SELECT q.id FROM tasker_queue q WHERE q.id = $1 AND q.lease_token = $2 FOR UPDATE
+	), moved AS (
+		UPDATE tasker_steps s SET
+			state = CASE WHEN NOT $5::bool THEN 'enqueued_as_error_for_orchestration' WHEN $9::bool THEN 'complete'
+				ELSE 'enqueued_for_orchestration' END,
+			completed_at = CASE WHEN $5::bool AND $9::bool THEN $8::timestamptz ELSE s.completed_at END,
+			result = $6::text::jsonb, error = COALESCE($7::text::jsonb, s.error), updated_at = $8::timestamptz
+		WHERE s.step_uuid = $3 AND s.state = 'in_progress' AND s.attempts = $4 AND EXISTS (SELECT 1 FROM leased)
+		RETURNING 1
+	), removed AS (
+		DELETE FROM tasker_queue WHERE id = $1 AND EXISTS (SELECT 1 FROM moved)
+	)
+	SELECT 1::bigint, EXISTS (SELECT 1 FROM leased), EXISTS (SELECT 1 FROM moved)`
+
+// completeStmt is the statement that applies p's completions.
+func completeStmt(p store.StepsCompleteParams, settle bool) stmt {
+	args := completeArgs(p, settle)
+	if len(p.Completions) != 1 {
+		return stmt{sql: completeSteps, args: args}
+	}
+	one := make([]any, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case []int64:
+			one[i] = v[0]
+		case []string:
+			one[i] = v[0]
+		case []bool:
+			one[i] = v[0]
+		case []*string:
+			one[i] = v[0]
+		default:
+			one[i] = a
+		}
+	}
+	return stmt{sql: completeStep, args: one}
+}
+
 func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParams) ([]error, error) {
 	out := make([]error, len(p.Completions))
 	if len(p.Completions) == 0 {
 		return out, nil
 	}
-	rows, err := e.query(ctx, completeSteps, completeArgs(p, false)...)
+	st := completeStmt(p, false)
+	rows, err := e.query(ctx, st.sql, st.args...)
 	if err := e.completeOutcomes(ctx, p, false, nil, rows, err, out); err != nil {
 		return nil, err
 	}

@@ -314,6 +314,15 @@ func (s *queueSends) statements() []deferred {
 			visible[i] = m.VisibleAt
 		}
 	}
+	if n == 1 {
+		return []deferred{{what: "send to queue " + queues[0], sql: `WITH sent AS (
+				INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
+				VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)
+			)
+			SELECT pg_notify($8, $9)`,
+			args: []any{queues[0], tasks[0], steps[0], payloads[0], priorities[0], visible[0], s.at[0],
+				s.e.queueChannels(queues)[0], s.e.instance}}}
+	}
 	return []deferred{{what: "send to queue " + queues[0], sql: sendMessages,
 		args: []any{queues, tasks, steps, payloads, priorities, visible, s.at, s.e.queueChannels(queues), s.e.instance}}}
 }
