@@ -233,12 +233,18 @@ func (e *executor) TaskInsert(ctx context.Context, p store.TaskInsertParams) err
 	if p.StepCount > 0 {
 		stepCount = p.StepCount
 	}
-	tag, err := e.exec(ctx, `INSERT INTO tasker_tasks (task_uuid, namespace, name, version, state, context, identity_hash,
+	const insert = `INSERT INTO tasker_tasks (task_uuid, namespace, name, version, state, context, identity_hash,
 		initiator, source_system, reason, tags, priority, created_at, updated_at, step_count)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)
-		ON CONFLICT (identity_hash) DO NOTHING`,
-		p.UUID, p.Namespace, p.Name, p.Version, p.State, jsonArg(p.Context), identity,
-		p.Initiator, p.SourceSystem, p.Reason, tags, p.Priority, now, stepCount)
+		ON CONFLICT (identity_hash) DO NOTHING`
+	args := []any{p.UUID, p.Namespace, p.Name, p.Version, p.State, jsonArg(p.Context), identity,
+		p.Initiator, p.SourceSystem, p.Reason, tags, p.Priority, now, stepCount}
+	if identity == nil {
+		// Nothing can collide (a new UUID, no identity), so nothing needs
+		// the answer now: the insert goes with the task's other writes.
+		return e.execLater(ctx, "insert task "+p.UUID, insert, args...)
+	}
+	tag, err := e.exec(ctx, insert, args...)
 	if err != nil {
 		return fmt.Errorf("insert task %s: %w", p.UUID, err)
 	}
