@@ -504,13 +504,17 @@ func (e *executor) StepTransition(ctx context.Context, p store.StepTransitionPar
 	return e.stepHistory(ctx, stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata, at: now})
 }
 
-// stepHistory records transitions of distinct steps (see stepHistoryStmt).
+// stepHistory records transitions of distinct steps (see stepHistoryStmts).
 func (e *executor) stepHistory(ctx context.Context, hs ...stepHistoryRow) error {
 	if len(hs) == 0 {
 		return nil
 	}
-	h := stepHistoryStmt(hs)
-	return e.execLater(ctx, h.what, h.sql, h.args...)
+	for _, h := range stepHistoryStmts(hs) {
+		if err := e.execLater(ctx, h.what, h.sql, h.args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (e *executor) StepTransitions(ctx context.Context, p store.StepTransitionsParams) ([]store.TransitionRow, error) {

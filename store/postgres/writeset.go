@@ -130,20 +130,26 @@ func (s *stepMoves) statements() []deferred {
 		}
 		hs[i] = stepHistoryRow{step: p.UUID, from: p.From, to: p.To, event: p.Event, metadata: p.Metadata, at: p.Now}
 	}
-	if n == 1 {
-		what := "step " + ids[0] + " " + from[0] + "→" + to[0]
-		return []deferred{
-			{what: what, sql: moveStep, args: []any{ids[0], from[0], to[0], at[0], done[0], setResult[0], results[0],
-				setError[0], errs[0], setRetry[0], retryAt[0], attempts[0], what}},
-			stepHistoryStmt(hs),
+	if n <= rowwise {
+		var out []deferred
+		for i := range n {
+			what := "step " + ids[i] + " " + from[i] + "→" + to[i]
+			out = append(out, deferred{what: what, sql: moveStep, args: []any{ids[i], from[i], to[i], at[i], done[i],
+				setResult[i], results[i], setError[i], errs[i], setRetry[i], retryAt[i], attempts[i], what}})
 		}
+		return append(out, stepHistoryStmts(hs)...)
 	}
-	return []deferred{
-		{what: fmt.Sprintf("transition of %d steps", n), sql: moveSteps,
-			args: []any{ids, from, to, at, done, setResult, results, setError, errs, setRetry, retryAt, attempts}},
-		stepHistoryStmt(hs),
-	}
+	return append([]deferred{{what: fmt.Sprintf("transition of %d steps", n), sql: moveSteps,
+		args: []any{ids, from, to, at, done, setResult, results, setError, errs, setRetry, retryAt, attempts}}},
+		stepHistoryStmts(hs)...)
 }
+
+// rowwise is the size up to which a write set is sent as single-row
+// statements. A statement driven by unnest is estimated at ten rows
+// whatever it gets, so for a few rows PostgreSQL plans it afresh on every
+// execution (0.3–1 ms here), where a cached single-row plan runs in tens
+// of microseconds; above this size one set statement costs less.
+const rowwise = 8
 
 // moveStep is moveSteps for one step, the common case of a transaction
 // that moves one task's step along. Its plan is an index lookup by
@@ -239,12 +245,20 @@ func (s *taskMoves) statements() []deferred {
 			hMeta, hHop, hAt = append(hMeta, jsonText(p.Metadata)), append(hHop, int32(j+1)), append(hAt, p.Now)
 		}
 	}
-	if n == 1 {
-		what := "task " + ids[0] + " " + from[0] + "→" + to[0]
-		return []deferred{
-			{what: what, sql: moveTask, args: []any{ids[0], from[0], to[0], at[0], done[0], what}},
-			{what: "history of " + what, sql: taskPathHistory, args: []any{ids[0], hMeta[0], at[0], hFrom, hTo, hEvent}},
+	if n <= rowwise {
+		var out []deferred
+		for i, p := range s.rows {
+			what := "task " + ids[i] + " " + from[i] + "→" + to[i]
+			var pFrom, pTo, pEvent []string
+			for _, h := range p.Path() {
+				pFrom, pTo, pEvent = append(pFrom, h[0]), append(pTo, h[1]), append(pEvent, h[2])
+			}
+			out = append(out,
+				deferred{what: what, sql: moveTask, args: []any{ids[i], from[i], to[i], at[i], done[i], what}},
+				deferred{what: "history of " + what, sql: taskPathHistory,
+					args: []any{ids[i], jsonText(p.Metadata), at[i], pFrom, pTo, pEvent}})
 		}
+		return out
 	}
 	what := fmt.Sprintf("transition of %d tasks", n)
 	return []deferred{
@@ -314,14 +328,20 @@ func (s *queueSends) statements() []deferred {
 			visible[i] = m.VisibleAt
 		}
 	}
-	if n == 1 {
-		return []deferred{{what: "send to queue " + queues[0], sql: `WITH sent AS (
-				INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
-				VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)
-			)
-			SELECT pg_notify($8, $9)`,
-			args: []any{queues[0], tasks[0], steps[0], payloads[0], priorities[0], visible[0], s.at[0],
-				s.e.queueChannels(queues)[0], s.e.instance}}}
+	if n <= rowwise {
+		// PostgreSQL delivers a channel's identical notifications of one
+		// transaction once.
+		out := make([]deferred, n)
+		for i := range n {
+			out[i] = deferred{what: "send to queue " + queues[i], sql: `WITH sent AS (
+					INSERT INTO tasker_queue (queue, task_uuid, step_uuid, payload, priority, visible_at, enqueued_at)
+					VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)
+				)
+				SELECT pg_notify($8, $9)`,
+				args: []any{queues[i], tasks[i], steps[i], payloads[i], priorities[i], visible[i], s.at[i],
+					s.e.queueChannels(queues[i : i+1])[0], s.e.instance}}
+		}
+		return out
 	}
 	return []deferred{{what: "send to queue " + queues[0], sql: sendMessages,
 		args: []any{queues, tasks, steps, payloads, priorities, visible, s.at, s.e.queueChannels(queues), s.e.instance}}}
@@ -336,14 +356,26 @@ type stepHistoryRow struct {
 	hop int32
 }
 
-// stepHistoryStmt records step transitions; several of one step carry
-// hops 1, 2, … in order. It must run as a
-// statement of its own after the steps' rows were updated in the same
-// transaction: then it sees every history row committed before the row
-// locks were taken, and no other writer can add one until the transaction
-// ends, so MAX+1 is the next sort key.
-func stepHistoryStmt(hs []stepHistoryRow) deferred {
+// stepHistoryStmts records step transitions; several of one step carry
+// hops 1, 2, … in order. They must run after the steps' rows were updated
+// in the same transaction: then they see every history row committed
+// before the row locks were taken, and no other writer can add one until
+// the transaction ends, so MAX+hop is the next sort key. Up to rowwise
+// rows go one statement each (see rowwise), each seeing the rows before
+// it, so each takes MAX+1.
+func stepHistoryStmts(hs []stepHistoryRow) []deferred {
 	n := len(hs)
+	if n <= rowwise {
+		out := make([]deferred, n)
+		for i, h := range hs {
+			out[i] = deferred{what: "step " + h.step + " history", sql: `INSERT INTO tasker_step_transitions
+				(step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+				SELECT $1::text, $2, $3, $4, $5::jsonb,
+					(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = $1::text) + 1, $6`,
+				args: []any{h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at}}
+		}
+		return out
+	}
 	steps, from, to, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	md := make([]*string, n)
 	at := make([]time.Time, n)
@@ -351,18 +383,10 @@ func stepHistoryStmt(hs []stepHistoryRow) deferred {
 	for i, h := range hs {
 		steps[i], from[i], to[i], events[i], md[i], at[i], hops[i] = h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at, max(h.hop, 1)
 	}
-	if n == 1 {
-		return deferred{what: "step " + hs[0].step + " history", sql: `INSERT INTO tasker_step_transitions
-			(step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
-			SELECT $1::text, $2, $3, $4, $5::jsonb,
-				(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = $1::text) + $7::int, $6`,
-			args: []any{steps[0], from[0], to[0], events[0], md[0], at[0], hops[0]}}
-	}
-	what := fmt.Sprintf("history of %d steps", n)
-	return deferred{what: what, sql: `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+	return []deferred{{what: fmt.Sprintf("history of %d steps", n), sql: `INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
 		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata::jsonb,
 			(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid) + h.hop, h.at
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int[])
 			AS h(step_uuid, from_state, to_state, event, metadata, at, hop)`,
-		args: []any{steps, from, to, events, md, at, hops}}
+		args: []any{steps, from, to, events, md, at, hops}}}
 }

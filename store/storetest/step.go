@@ -509,4 +509,65 @@ func testDeferredInterleaved(s *suite) {
 	if got := s.task(tasks[1]).State; got != "steps_in_process" {
 		s.t.Errorf("failed transaction moved the task to %s", got)
 	}
+
+	// Many rows at once (a driver may write a large set with one statement
+	// per kind): the same outcome, and a stale row among them still fails
+	// everything, named.
+	const many = 20
+	var manyTasks, manySteps []string
+	for range many {
+		task := s.newTask(store.TaskInsertParams{State: "pending"})
+		manyTasks = append(manyTasks, task)
+		manySteps = append(manySteps, s.newSteps(task, "many", "only")[0])
+	}
+	moveAll := func(stale string) error {
+		return s.try(func(tx store.Tx) error {
+			for i, task := range manyTasks {
+				if err := tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+					UUID: manySteps[i], From: "pending", To: "enqueued", Event: "enqueue", Now: now}); err != nil {
+					return err
+				}
+				if err := tx.QueueSend(s.ctx, store.QueueSendParams{Now: now, Messages: []store.QueueMessageInsert{
+					{Queue: store.WorkerQueue("many"), TaskUUID: task, StepUUID: manySteps[i]}}}); err != nil {
+					return err
+				}
+				if err := tx.TaskTransition(s.ctx, store.TaskTransitionParams{Deferred: true, UUID: task, From: "pending",
+					To: "initializing", Event: "start", Now: now, Then: []store.TaskHop{{To: "steps_in_process", Event: "steps_enqueued"}}}); err != nil {
+					return err
+				}
+			}
+			if stale == "" {
+				return nil
+			}
+			return tx.StepTransition(s.ctx, store.StepTransitionParams{Deferred: true,
+				UUID: stale, From: "pending", To: "enqueued", Event: "enqueue", Now: now})
+		})
+	}
+	err = moveAll(steps[1][1])
+	s.wantErr("a stale transition among many", err, store.ErrStateConflict)
+	if err != nil && !strings.Contains(err.Error(), steps[1][1]) {
+		s.t.Errorf("conflict error %q does not name the stale step %s", err, steps[1][1])
+	}
+	if got := s.step(manySteps[3]).State; got != "pending" || s.task(manyTasks[3]).State != "pending" {
+		s.t.Errorf("failed transaction of many kept a write: step %s", got)
+	}
+	if err := moveAll(""); err != nil {
+		s.t.Fatalf("transitions of %d tasks: %v", many, err)
+	}
+	for i, task := range manyTasks {
+		if got := s.step(manySteps[i]).State; got != "enqueued" {
+			s.t.Errorf("step %d of many is %s, want enqueued", i, got)
+		}
+		s.wantTransitions("many: task history", task, s.taskHistory(task),
+			[][3]string{{"pending", "initializing", "start"}, {"initializing", "steps_in_process", "steps_enqueued"}})
+		s.wantTransitions("many: step history", manySteps[i], s.stepHistory(manySteps[i]),
+			[][3]string{{"pending", "enqueued", "enqueue"}})
+	}
+	order = order[:0]
+	for _, c := range s.claimSteps("many", 2*many, "w", at(2*time.Second)) {
+		order = append(order, c.StepUUID)
+	}
+	if !slices.Equal(order, manySteps) {
+		s.t.Errorf("many: messages claimed in order %v, want the order sent %v", order, manySteps)
+	}
 }
