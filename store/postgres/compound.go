@@ -55,8 +55,11 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 			ORDER BY s.position`, args: []any{p.Tasks[0], most}}
 	}
 	stmts := []stmt{lock}
+	comps := store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}
+	var completes []stmt
 	if len(p.Completions) > 0 {
-		stmts = append(stmts, completeStmt(store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses))
+		completes = completeStmts(comps, p.SettleSuccesses)
+		stmts = append(stmts, completes...)
 	}
 	stmts = append(stmts, read)
 	br, err := t.tx.send(ctx, stmts...)
@@ -85,10 +88,12 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 			res.Large[tasks[i].task.UUID] = true
 		}
 	}
-	if len(p.Completions) > 0 {
-		rows, err := br.Query()
-		if err := t.completeOutcomes(ctx, store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}, p.SettleSuccesses,
-			res.Settled, rows, mapErr(err), res.Refused); err != nil {
+	if len(completes) > 0 {
+		next := func() (pgx.Rows, error) {
+			rows, err := br.Query()
+			return rows, mapErr(err)
+		}
+		if err := t.completeResults(ctx, comps, p.SettleSuccesses, res.Settled, len(completes), next, res.Refused); err != nil {
 			return nil, err
 		}
 	}

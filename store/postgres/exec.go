@@ -822,6 +822,20 @@ const completeStep = `WITH leased AS (
 	)
 	SELECT 1::bigint, EXISTS (SELECT 1 FROM leased), EXISTS (SELECT 1 FROM moved)`
 
+// completeStmts are the statements that apply p's completions: one per
+// completion up to rowwise of them (see rowwise), else one for all.
+func completeStmts(p store.StepsCompleteParams, settle bool) []stmt {
+	n := len(p.Completions)
+	if n <= 1 || n > rowwise {
+		return []stmt{completeStmt(p, settle)}
+	}
+	out := make([]stmt, n)
+	for i := range p.Completions {
+		out[i] = completeStmt(store.StepsCompleteParams{Completions: p.Completions[i : i+1], Now: p.Now}, settle)
+	}
+	return out
+}
+
 // completeStmt is the statement that applies p's completions.
 func completeStmt(p store.StepsCompleteParams, settle bool) stmt {
 	args := completeArgs(p, settle)
@@ -885,17 +899,31 @@ func completeArgs(p store.StepsCompleteParams, settle bool) []any {
 // applied ones.
 func (e *executor) completeOutcomes(ctx context.Context, p store.StepsCompleteParams, settle bool, settled map[string]bool,
 	rows pgx.Rows, err error, out []error) error {
+	return e.completeResults(ctx, p, settle, settled, 1, func() (pgx.Rows, error) { return rows, err }, out)
+}
+
+// completeResults is completeOutcomes for the results of the statements
+// of completeStmts (stmts of them), read in turn from next.
+func (e *executor) completeResults(ctx context.Context, p store.StepsCompleteParams, settle bool, settled map[string]bool,
+	stmts int, next func() (pgx.Rows, error), out []error) error {
 	type outcome struct {
 		ord           int64
 		leased, moved bool
 	}
-	outcomes, err := collect(rows, err, func(r pgx.Rows) (outcome, error) {
-		var o outcome
-		err := r.Scan(&o.ord, &o.leased, &o.moved)
-		return o, err
-	})
-	if err != nil {
-		return fmt.Errorf("complete %d steps: %w", len(p.Completions), err)
+	var outcomes []outcome
+	for k := range stmts {
+		rows, err := next()
+		got, err := collect(rows, err, func(r pgx.Rows) (outcome, error) {
+			var o outcome
+			err := r.Scan(&o.ord, &o.leased, &o.moved)
+			// A statement of one completion numbers it 1: it is the k-th.
+			o.ord += int64(k)
+			return o, err
+		})
+		if err != nil {
+			return fmt.Errorf("complete %d steps: %w", len(p.Completions), err)
+		}
+		outcomes = append(outcomes, got...)
 	}
 	now := orNow(p.Now)
 	var hs []stepHistoryRow
