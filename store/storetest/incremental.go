@@ -18,6 +18,7 @@ func init() {
 	}{
 		{"StepsCountAndGet", testStepsCountAndGet},
 		{"TaskProgress", testTaskProgress},
+		{"TaskProgressWideJoin", testTaskProgressWideJoin},
 		{"StepsEnqueue", testStepsEnqueue},
 		{"StepsEnqueueConflict", testStepsEnqueueConflict},
 		{"CompleteAndLoadLimitSteps", testCompleteAndLoadLimitSteps},
@@ -134,6 +135,60 @@ func testTaskProgress(s *suite) {
 	s.wantStrings("candidates after c", got(progress(ids["c"])),
 		[]string{"join:pending:true", "lone:waiting_for_retry:true"})
 	s.wantStrings("candidates with nothing changed", got(progress()), []string{"lone:waiting_for_retry:true"})
+}
+
+// testTaskProgressWideJoin: a join with many parents (past the size at
+// which a driver may check them from the task's unfinished steps instead)
+// waits while any parent is unfinished, whatever its state, and is ready
+// once every parent is complete or resolved; an unfinished step of the
+// task that is not its parent does not hold it.
+func testTaskProgressWideJoin(s *suite) {
+	const wide = 70
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	names := []string{"side"}
+	var parents []string
+	for i := range wide {
+		parents = append(parents, fmt.Sprintf("p%02d", i))
+	}
+	names = append(append(names, parents...), "join")
+	ids := s.dag(task, names, map[string][]string{"join": parents})
+	progress := func(changed ...string) string {
+		var p *store.TaskProgress
+		s.tx(func(tx store.Tx) error {
+			var err error
+			p, err = tx.TaskProgress(s.ctx, store.TaskProgressParams{TaskUUID: task, Steps: changed})
+			return err
+		})
+		for _, c := range p.Candidates {
+			if c.Name == "join" {
+				return fmt.Sprintf("%s:%v", c.State, c.DependenciesSatisfied)
+			}
+		}
+		return "not a candidate"
+	}
+	done := []string{"pending", "enqueued", "in_progress", "enqueued_for_orchestration", "complete"}
+	for _, p := range parents[1:] {
+		s.setState(ids[p], done...)
+	}
+	// The one unfinished parent is the oldest; it holds the join in each
+	// state a parent can be in short of done.
+	first := ids[parents[0]]
+	for _, path := range [][]string{
+		{"pending"},
+		{"pending", "enqueued", "in_progress"},
+		{"in_progress", "enqueued_as_error_for_orchestration", "error"},
+	} {
+		if len(path) > 1 {
+			s.setState(first, path...)
+		}
+		if got := progress(ids[parents[1]]); got != "pending:false" {
+			s.t.Errorf("join with parent p00 %s: %s, want pending:false", path[len(path)-1], got)
+		}
+	}
+	s.setState(first, "error", "resolved_manually")
+	if got := progress(ids[parents[1]]); got != "pending:true" {
+		s.t.Errorf("join with every parent done, one resolved by hand, and an unrelated step pending: %s, want pending:true", got)
+	}
 }
 
 func testStepsEnqueue(s *suite) {
