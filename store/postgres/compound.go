@@ -50,9 +50,12 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 		// PostgreSQL caches (see moveStep).
 		lock = stmt{sql: `SELECT ` + taskCols + `, ` + size + ` > $2 FROM tasker_tasks t WHERE task_uuid = $1 FOR UPDATE`,
 			args: []any{p.Tasks[0], most}}
-		read = stmt{sql: `SELECT ` + stepCols + ` FROM tasker_steps s
-			WHERE s.task_uuid = $1 AND (SELECT ` + size + ` FROM tasker_tasks t WHERE t.task_uuid = $1) <= $2
-			ORDER BY s.position`, args: []any{p.Tasks[0], most}}
+		// The size is checked on the task row before any step is read: as
+		// a filter on the steps' scan, PostgreSQL read all 10,000 steps of
+		// a large task to return none (13–19 ms).
+		read = stmt{sql: `SELECT l.* FROM (SELECT t.task_uuid FROM tasker_tasks t WHERE t.task_uuid = $1 AND ` + size + ` <= $2 OFFSET 0) t
+			CROSS JOIN LATERAL (SELECT ` + stepCols + ` FROM tasker_steps s WHERE s.task_uuid = t.task_uuid OFFSET 0) l
+			ORDER BY l.position`, args: []any{p.Tasks[0], most}}
 	}
 	stmts := []stmt{lock}
 	comps := store.StepsCompleteParams{Completions: p.Completions, Now: p.Now}

@@ -32,6 +32,8 @@ type executor struct {
 	schema string
 	// instance is the payload of this driver's notifications.
 	instance string
+	// grown, in a transaction, counts the steps it inserts (analyze.go).
+	grown *int64
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
@@ -371,6 +373,9 @@ func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) e
 	for i, s := range p.Steps {
 		ids[i], names[i], callables[i] = s.UUID, s.Name, s.Callable
 		positions[i], maxAttempts[i], retryable[i] = int64(s.Position), int64(s.MaxAttempts), s.Retryable
+	}
+	if e.grown != nil {
+		*e.grown += int64(n)
 	}
 	if n > 0 {
 		if err := e.execLater(ctx, "insert steps of task "+p.TaskUUID, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,

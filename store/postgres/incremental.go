@@ -34,8 +34,12 @@ func (e *executor) StepsGet(ctx context.Context, p store.StepsGetParams) ([]stor
 	if len(p.UUIDs) == 0 {
 		return nil, nil
 	}
-	rows, err := e.query(ctx, `SELECT `+stepColsBare+` FROM tasker_steps s
-		WHERE s.step_uuid = ANY($1) AND s.task_uuid = $2 ORDER BY s.position`, p.UUIDs, p.TaskUUID)
+	// Each step by its key (LATERAL, not flattened): with statistics that
+	// know a task holds 10,000 steps, the planner otherwise reads all of
+	// them through the task's index and filters, 19 ms a call.
+	rows, err := e.query(ctx, `SELECT `+stepColsBare+` FROM (SELECT DISTINCT unnest($1::text[]) AS id) k
+		CROSS JOIN LATERAL (SELECT * FROM tasker_steps x WHERE x.step_uuid = k.id OFFSET 0) s
+		WHERE s.task_uuid = $2 ORDER BY s.position`, p.UUIDs, p.TaskUUID)
 	out, err := collect(rows, err, func(r pgx.Rows) (store.StepRow, error) { return scanStep(r) })
 	if err != nil {
 		return nil, fmt.Errorf("read %d steps of task %s: %w", len(p.UUIDs), p.TaskUUID, err)
