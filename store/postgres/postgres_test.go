@@ -333,3 +333,65 @@ func TestMigrateRefusesNewerSchema(t *testing.T) {
 		t.Fatalf("Migrate on a newer schema: %v, want an error naming migration 999", err)
 	}
 }
+
+// TestAnalyzeAfterGrowth: the driver analyzes the step tables once the
+// steps committed since the last analysis reach the threshold (1,000 in a
+// new schema), and not before.
+func TestAnalyzeAfterGrowth(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	d := open(t, url, schema)
+	ctx := t.Context()
+	if err := d.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Only the driver may analyze it here, not an autovacuum round.
+	if _, err := conn.Exec(ctx, `ALTER TABLE `+schema+`.tasker_steps SET (autovacuum_enabled = false)`); err != nil {
+		t.Fatal(err)
+	}
+	analyzed := func() bool {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT analyze_count FROM pg_stat_user_tables
+			WHERE schemaname = $1 AND relname = 'tasker_steps'`, schema).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	}
+	insert := func(n int) {
+		t.Helper()
+		task := uuid.NewString()
+		p := store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: time.Now()}
+		for i := range n {
+			p.Steps = append(p.Steps, store.StepInsert{UUID: uuid.NewString(), Name: fmt.Sprintf("s%d", i), Position: i,
+				Callable: "h", MaxAttempts: 1})
+		}
+		if err := store.InTx(ctx, d, func(tx store.Tx) error {
+			if err := tx.TaskInsert(ctx, store.TaskInsertParams{UUID: task, Namespace: "ns", Name: "t", Version: "1",
+				State: "pending", Context: json.RawMessage(`{}`), StepCount: n}); err != nil {
+				return err
+			}
+			return tx.StepsInsert(ctx, p)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(999)
+	time.Sleep(500 * time.Millisecond)
+	if analyzed() {
+		t.Fatal("tasker_steps analyzed after 999 steps, below the threshold")
+	}
+	insert(1)
+	deadline := time.Now().Add(10 * time.Second)
+	for !analyzed() {
+		if time.Now().After(deadline) {
+			t.Fatal("tasker_steps not analyzed within 10s of reaching 1,000 inserted steps")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
