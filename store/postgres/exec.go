@@ -322,6 +322,7 @@ func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionPar
 	// A statement of its own: it sees every history row committed before
 	// this transaction locked the task, and no writer can add one until it
 	// ends. The path's rows take the next sort keys in order.
+	// The set of one task renders its update, then its history.
 	h := moves.statements()[1]
 	return e.execLater(ctx, h.what, h.sql, h.args...)
 }
@@ -562,8 +563,12 @@ func (e *executor) QueueSend(ctx context.Context, p store.QueueSendParams) error
 		pt.queueSet(set)
 		return nil
 	}
-	d := set.statements()[0]
-	return e.execLater(ctx, d.what, d.sql, d.args...)
+	for _, d := range set.statements() {
+		if err := e.execLater(ctx, d.what, d.sql, d.args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 const msgCols = `id, queue, task_uuid, step_uuid, payload, COALESCE(lease_token, ''), COALESCE(lease_owner, ''), read_count,
