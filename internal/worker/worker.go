@@ -348,7 +348,6 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.stopping = true
 	w.handoffMu.Unlock()
 	w.dispatch.Close()
-	<-w.dispDone
 	// Pending external events go back to their steps while the completion
 	// channel is still open; the drain budget below covers it.
 	w.handlers.Add(1)
@@ -357,8 +356,12 @@ func (w *Worker) Stop(ctx context.Context) error {
 		w.external.close()
 	}()
 
+	// The budget covers the prefetched steps still waiting for a permit
+	// too: the dispatcher hands them on as handlers finish, and once the
+	// budget is spent they are given back unrun (see runHandler).
 	handlersDone := make(chan struct{})
 	go func() {
+		<-w.dispDone // every handlers.Add of the dispatcher happened before this
 		w.handlers.Wait()
 		close(handlersDone)
 	}()
@@ -448,6 +451,19 @@ func (w *Worker) claimLimit() int64 {
 	return max(int64(float64(w.cfg.Concurrency+w.cfg.Prefetch)*w.cfg.LoadShedThreshold), 1)
 }
 
+// giveBack returns n units of claim capacity and wakes the claim loop when
+// that takes the in-flight count down past the low-water mark, whether
+// one step at a time or a whole unused reservation at once.
+func (w *Worker) giveBack(n int64) {
+	if n <= 0 {
+		return
+	}
+	low := w.claimLowWater()
+	if v := w.inFlight.Add(-n); v <= low && v+n > low {
+		w.Wake()
+	}
+}
+
 // claimLowWater is the in-flight count at which freed capacity wakes the
 // claim loop: one below the limit without prefetch; with it, once half the
 // prefetched steps have started, so that claims come in batches while
@@ -475,7 +491,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 	}
 	p := w.claimParams(n)
 	if p.Limit == 0 {
-		w.inFlight.Add(int64(-n))
+		w.giveBack(int64(n))
 		return 0, false, nil
 	}
 	var claimed []store.ClaimedStep
@@ -485,7 +501,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return err
 	})
 	if err != nil {
-		w.inFlight.Add(int64(-n))
+		w.giveBack(int64(n))
 		return 0, false, err
 	}
 	w.accept(ctx, claimed, n)
@@ -495,7 +511,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 // accept hands claimed steps to the dispatcher and returns the unused part
 // of a reservation of reserved slots.
 func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserved int) {
-	w.inFlight.Add(int64(len(claimed) - reserved))
+	w.giveBack(int64(reserved - len(claimed)))
 	// Every claimed step counts as running before any is dispatched: a
 	// step dispatched first may finish before the next one is handed on,
 	// and the completion processor must see its sibling as running.
@@ -540,9 +556,7 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 			// Freed capacity matters only to a claim loop that found none:
 			// wake it when the count drops to the low-water mark. Waking it
 			// on every step would cost a claim of one step each time.
-			if w.inFlight.Add(-1) == w.claimLowWater() {
-				w.Wake()
-			}
+			w.giveBack(1)
 		}
 	}
 	res := w.runHandler(c, settle) // normally releases the permit before returning
@@ -600,6 +614,20 @@ func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 		info.Attempt = c.Attempt
 		res.Error, res.Finished = info, time.Now()
 		return res
+	}
+	// A step that waited for a permit (prefetched) may have been given up
+	// meanwhile: Stop ran out of its budget, or a heartbeat found its lease
+	// lost, and another worker may hold it now. Its handler does not run.
+	if cause := context.Cause(w.hCtx); cause != nil {
+		release()
+		return fail(classify(fmt.Errorf("%w before the step started", cause), cause))
+	}
+	w.leaseMu.Lock()
+	_, held := w.leases[c.Message.ID]
+	w.leaseMu.Unlock()
+	if !held {
+		release()
+		return fail(classify(fmt.Errorf("%w before the step started", errLeaseLost), errLeaseLost))
 	}
 	prep, err := w.resolve(w.hCtx, c)
 	if err != nil {
@@ -906,7 +934,7 @@ func (w *Worker) Handoff(ctx context.Context, claim func(store.StepsClaimParams)
 	}
 	claimed, err := claim(w.claimParams(n))
 	if err != nil {
-		w.inFlight.Add(int64(-n))
+		w.giveBack(int64(n))
 		return err
 	}
 	w.accept(ctx, claimed, n)

@@ -811,6 +811,105 @@ func TestPrefetch(t *testing.T) {
 	}
 }
 
+// TestPrefetchStopBudget: Stop's budget covers prefetched steps still
+// waiting for a permit. Past the budget the running handler is cancelled
+// and the waiting step is given back without running.
+func TestPrefetchStopBudget(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ids := seed(t, d, "slow", "slow")
+	var ran atomic.Int32
+	resolve := resolverFor(map[string]Prepared{"slow": handlerOf(func(ctx context.Context) (any, error) {
+		ran.Add(1)
+		select {
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(20 * time.Second):
+			return "late", nil
+		}
+	})})
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.Prefetch = 1, 1
+	w := New(d, resolve, comp.complete, nil, cfg)
+	startWorker(t, w)
+	eventually(t, "both steps claimed and one running", func() bool {
+		n := 0
+		for _, id := range ids {
+			if getStep(t, d, id).State == "in_progress" {
+				n++
+			}
+		}
+		return n == 2 && ran.Load() == 1
+	})
+	start := time.Now()
+	err := stopWithin(t, w, 200*time.Millisecond)
+	if err == nil {
+		t.Error("Stop past its budget returned nil, want the budget error")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Stop with a 200ms budget took %s: it waited for the prefetched step", took)
+	}
+	if n := ran.Load(); n != 1 {
+		t.Errorf("%d handlers ran, want 1: the prefetched step must not start after the budget", n)
+	}
+	for _, id := range ids {
+		if s := getStep(t, d, id); s.State != "enqueued_as_error_for_orchestration" {
+			t.Errorf("step %s is %s after Stop, want its attempt given back (enqueued_as_error_for_orchestration)", id, s.State)
+		}
+	}
+}
+
+// TestPrefetchedLeaseLost: a prefetched step whose lease was lost while it
+// waited (another worker may run it now) does not run here.
+func TestPrefetchedLeaseLost(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ids := seed(t, d, "gated", "gated")
+	gate := make(chan struct{})
+	var ran atomic.Int32
+	resolve := resolverFor(map[string]Prepared{"gated": handlerOf(func(ctx context.Context) (any, error) {
+		ran.Add(1)
+		<-gate
+		return "ok", nil
+	})})
+	comp := &completer{d: d}
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.Prefetch = 1, 1
+	w := New(d, resolve, comp.complete, nil, cfg)
+	startWorker(t, w)
+	eventually(t, "one step running and one waiting", func() bool {
+		w.leaseMu.Lock()
+		defer w.leaseMu.Unlock()
+		return ran.Load() == 1 && len(w.leases) == 2
+	})
+	// What the heartbeat does when it finds a lease lost: forget it.
+	w.leaseMu.Lock()
+	for id, l := range w.leases {
+		if l.cancel == nil {
+			delete(w.leases, id)
+		}
+	}
+	w.leaseMu.Unlock()
+	close(gate)
+	eventually(t, "both results handed to the completer", func() bool {
+		written, refused := comp.counts()
+		return written+len(refused) == 2
+	})
+	if n := ran.Load(); n != 1 {
+		t.Errorf("%d handlers ran, want 1: the step whose lease was lost must not run", n)
+	}
+	done := 0
+	for _, id := range ids {
+		if getStep(t, d, id).State == "enqueued_for_orchestration" {
+			done++
+		}
+	}
+	if done != 1 {
+		t.Errorf("%d steps succeeded, want only the one that held its lease", done)
+	}
+}
+
 // TestMonitorsRegistered pins rule 5.
 func TestMonitorsRegistered(t *testing.T) {
 	t.Parallel()
