@@ -451,15 +451,20 @@ func (w *Worker) claimLimit() int64 {
 	return max(int64(float64(w.cfg.Concurrency+w.cfg.Prefetch)*w.cfg.LoadShedThreshold), 1)
 }
 
-// giveBack returns n units of claim capacity and wakes the claim loop when
-// that takes the in-flight count down past the low-water mark, whether
-// one step at a time or a whole unused reservation at once.
+// giveBack returns n units of claim capacity. A step that settles (n = 1)
+// and takes the in-flight count down to the low-water mark wakes the claim
+// loop. An unused reservation given back in bulk does not: waking the loop
+// for those (the completion processor's, after almost every batch) made it
+// claim a few steps at a time beside the processor's own claims, and a
+// 10,000-step fan-out twice as slow. If a bulk return jumps past the mark
+// while the loop sleeps, the loop waits for the next settled step or for
+// PollInterval.
 func (w *Worker) giveBack(n int64) {
 	if n <= 0 {
 		return
 	}
 	low := w.claimLowWater()
-	if v := w.inFlight.Add(-n); v <= low && v+n > low {
+	if v := w.inFlight.Add(-n); n == 1 && v == low {
 		w.Wake()
 	}
 }
