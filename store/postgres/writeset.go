@@ -30,33 +30,46 @@ type writeSet interface {
 	statements() []deferred
 }
 
+// keyedRows are the rows of a set that takes at most one row per entity.
+type keyedRows[T any] struct {
+	key  func(T) string
+	seen map[string]bool
+	rows []T
+}
+
+func newKeyedRows[T any](key func(T) string, first T) keyedRows[T] {
+	return keyedRows[T]{key: key, seen: map[string]bool{key(first): true}, rows: []T{first}}
+}
+
+// add appends next's rows unless one of them names an entity already in
+// the set, in which case it adds none and reports false.
+func (k *keyedRows[T]) add(next keyedRows[T]) bool {
+	for _, r := range next.rows {
+		if k.seen[k.key(r)] {
+			return false
+		}
+	}
+	for _, r := range next.rows {
+		k.seen[k.key(r)] = true
+		k.rows = append(k.rows, r)
+	}
+	return true
+}
+
 // stepMoves is a set of guarded step transitions (at most one per step)
 // with their history rows.
 type stepMoves struct {
-	seen map[string]bool
-	rows []store.StepTransitionParams
+	keyedRows[store.StepTransitionParams]
 }
 
 func newStepMoves(p store.StepTransitionParams) *stepMoves {
 	p.Now = orNow(p.Now)
-	return &stepMoves{seen: map[string]bool{p.UUID: true}, rows: []store.StepTransitionParams{p}}
+	return &stepMoves{newKeyedRows(func(p store.StepTransitionParams) string { return p.UUID }, p)}
 }
 
 func (s *stepMoves) join(next writeSet) bool {
 	n, ok := next.(*stepMoves)
-	if !ok {
-		return false
-	}
-	for _, r := range n.rows {
-		if s.seen[r.UUID] {
-			return false
-		}
-	}
-	for _, r := range n.rows {
-		s.seen[r.UUID] = true
-		s.rows = append(s.rows, r)
-	}
-	return true
+	return ok && s.add(n.keyedRows)
 }
 
 // commutes: steps' rows and history are written by nothing else that is
@@ -170,30 +183,17 @@ const moveStep = `WITH u AS (
 // taskMoves is a set of guarded task transitions (at most one per task,
 // each possibly a path through several states) with their history rows.
 type taskMoves struct {
-	seen map[string]bool
-	rows []store.TaskTransitionParams
+	keyedRows[store.TaskTransitionParams]
 }
 
 func newTaskMoves(p store.TaskTransitionParams) *taskMoves {
 	p.Now = orNow(p.Now)
-	return &taskMoves{seen: map[string]bool{p.UUID: true}, rows: []store.TaskTransitionParams{p}}
+	return &taskMoves{newKeyedRows(func(p store.TaskTransitionParams) string { return p.UUID }, p)}
 }
 
 func (s *taskMoves) join(next writeSet) bool {
 	n, ok := next.(*taskMoves)
-	if !ok {
-		return false
-	}
-	for _, r := range n.rows {
-		if s.seen[r.UUID] {
-			return false
-		}
-	}
-	for _, r := range n.rows {
-		s.seen[r.UUID] = true
-		s.rows = append(s.rows, r)
-	}
-	return true
+	return ok && s.add(n.keyedRows)
 }
 
 // commutes: a task's row and history are written by no other deferred
