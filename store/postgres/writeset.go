@@ -230,6 +230,22 @@ const taskHistory = `INSERT INTO tasker_task_transitions (task_uuid, from_state,
 		AS h(task_uuid, from_state, to_state, event, metadata, hop, at)`
 
 func (s *taskMoves) statements() []deferred {
+	if len(s.rows) <= rowwise {
+		var out []deferred
+		for _, p := range s.rows {
+			final := p.Final()
+			what := "task " + p.UUID + " " + p.From + "→" + final
+			var from, to, events []string
+			for _, h := range p.Path() {
+				from, to, events = append(from, h[0]), append(to, h[1]), append(events, h[2])
+			}
+			out = append(out,
+				deferred{what: what, sql: moveTask, args: []any{p.UUID, p.From, final, p.Now, isTerminal(final), what}},
+				deferred{what: "history of " + what, sql: taskPathHistory,
+					args: []any{p.UUID, jsonText(p.Metadata), p.Now, from, to, events}})
+		}
+		return out
+	}
 	n := len(s.rows)
 	ids, from, to := make([]string, n), make([]string, n), make([]string, n)
 	at, done := make([]time.Time, n), make([]bool, n)
@@ -244,21 +260,6 @@ func (s *taskMoves) statements() []deferred {
 			hTask, hFrom, hTo, hEvent = append(hTask, p.UUID), append(hFrom, h[0]), append(hTo, h[1]), append(hEvent, h[2])
 			hMeta, hHop, hAt = append(hMeta, jsonText(p.Metadata)), append(hHop, int32(j+1)), append(hAt, p.Now)
 		}
-	}
-	if n <= rowwise {
-		var out []deferred
-		for i, p := range s.rows {
-			what := "task " + ids[i] + " " + from[i] + "→" + to[i]
-			var pFrom, pTo, pEvent []string
-			for _, h := range p.Path() {
-				pFrom, pTo, pEvent = append(pFrom, h[0]), append(pTo, h[1]), append(pEvent, h[2])
-			}
-			out = append(out,
-				deferred{what: what, sql: moveTask, args: []any{ids[i], from[i], to[i], at[i], done[i], what}},
-				deferred{what: "history of " + what, sql: taskPathHistory,
-					args: []any{ids[i], jsonText(p.Metadata), at[i], pFrom, pTo, pEvent}})
-		}
-		return out
 	}
 	what := fmt.Sprintf("transition of %d tasks", n)
 	return []deferred{
