@@ -305,9 +305,8 @@ func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]stor
 
 func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
 	p.Now = orNow(p.Now)
-	moves := newTaskMoves(p)
 	if pt, ok := e.q.(*pipeTx); ok && p.Deferred {
-		pt.queueSet(moves)
+		pt.queueSet(newTaskMoves(p))
 		return nil
 	}
 	final := p.Final()
@@ -322,8 +321,7 @@ func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionPar
 	// A statement of its own: it sees every history row committed before
 	// this transaction locked the task, and no writer can add one until it
 	// ends. The path's rows take the next sort keys in order.
-	// The set of one task renders its update, then its history.
-	h := moves.statements()[1]
+	h := taskPathHistoryStmt(p)
 	return e.execLater(ctx, h.what, h.sql, h.args...)
 }
 

@@ -235,14 +235,9 @@ func (s *taskMoves) statements() []deferred {
 		for _, p := range s.rows {
 			final := p.Final()
 			what := "task " + p.UUID + " " + p.From + "→" + final
-			var from, to, events []string
-			for _, h := range p.Path() {
-				from, to, events = append(from, h[0]), append(to, h[1]), append(events, h[2])
-			}
 			out = append(out,
 				deferred{what: what, sql: moveTask, args: []any{p.UUID, p.From, final, p.Now, isTerminal(final), what}},
-				deferred{what: "history of " + what, sql: taskPathHistory,
-					args: []any{p.UUID, jsonText(p.Metadata), p.Now, from, to, events}})
+				taskPathHistoryStmt(p))
 		}
 		return out
 	}
@@ -266,6 +261,17 @@ func (s *taskMoves) statements() []deferred {
 		{what: what, sql: moveTasks, args: []any{ids, from, to, at, done}},
 		{what: "history of " + what, sql: taskHistory, args: []any{hTask, hFrom, hTo, hEvent, hMeta, hHop, hAt}},
 	}
+}
+
+// taskPathHistoryStmt records the history of one task's transition (see
+// taskPathHistory).
+func taskPathHistoryStmt(p store.TaskTransitionParams) deferred {
+	var from, to, events []string
+	for _, h := range p.Path() {
+		from, to, events = append(from, h[0]), append(to, h[1]), append(events, h[2])
+	}
+	return deferred{what: "history of task " + p.UUID + " " + p.From + "→" + p.Final(), sql: taskPathHistory,
+		args: []any{p.UUID, jsonText(p.Metadata), p.Now, from, to, events}}
 }
 
 // moveTask and taskPathHistory are moveTasks and taskHistory for one task
