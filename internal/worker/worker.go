@@ -727,19 +727,7 @@ func (w *Worker) runCompletions(ctx context.Context) {
 		if !ok {
 			return
 		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < w.cfg.CompletionBatch {
-			select {
-			case r, ok := <-w.completion.Recv():
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
+		batch, _ = w.drain(append(batch[:0], first))
 		batch = w.linger(batch)
 		w.writeResults(ctx, batch)
 	}
@@ -772,6 +760,24 @@ func (w *Worker) siblingsRunning(batch []*Result) bool {
 	return false
 }
 
+// drain adds to batch the results already waiting in the completion
+// channel, up to CompletionBatch, without waiting; open is false once the
+// channel is closed.
+func (w *Worker) drain(batch []*Result) (_ []*Result, open bool) {
+	for len(batch) < w.cfg.CompletionBatch {
+		select {
+		case r, ok := <-w.completion.Recv():
+			if !ok {
+				return batch, false
+			}
+			batch = append(batch, r)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
 // linger extends batch with results that arrive within CompletionLinger
 // while a handler of one of its tasks is still running here.
 func (w *Worker) linger(batch []*Result) []*Result {
@@ -783,17 +789,9 @@ func (w *Worker) linger(batch []*Result) []*Result {
 		// Looked at before draining: a sibling counted down has already
 		// put its result in the channel, so the drain below finds it.
 		running := w.siblingsRunning(batch)
-	drain:
-		for len(batch) < w.cfg.CompletionBatch {
-			select {
-			case r, ok := <-w.completion.Recv():
-				if !ok {
-					return batch
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
+		var open bool
+		if batch, open = w.drain(batch); !open {
+			return batch
 		}
 		if !running || len(batch) >= w.cfg.CompletionBatch {
 			return batch
