@@ -650,6 +650,12 @@ func TestBackpressure(t *testing.T) {
 	}}
 	cfg := testConfig(&logCapture{})
 	cfg.Concurrency, cfg.CompletionBuffer = concurrency, 1
+	// One result per batch, no linger: the held first batch then leaves the
+	// other three results of the first claim outside, one in the channel
+	// and two waiting to send. A lingering batch could take all but one of
+	// them, and the one left in the channel makes it critically full, which
+	// stops claims (load shedding), so nothing would ever wait to send.
+	cfg.CompletionBatch, cfg.CompletionLinger = 1, -1
 	w = New(d, resolve, comp.complete, nil, cfg)
 
 	var maxInFlight atomic.Int64
