@@ -277,6 +277,8 @@ func drive(ctx context.Context, c cell, eng engine, rec *recorder) (map[string]f
 		if err := eng.start(ctx); err != nil {
 			return nil, 0, err
 		}
+		// Part of the drain, shown on its own: what starting costs.
+		m["start_ms"] = ms(time.Since(start))
 		if err := eng.drain(ctx, c.n); err != nil {
 			return nil, 0, err
 		}

@@ -146,6 +146,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// jit_above_cost and PostgreSQL compiled them on every execution
 		// (15–40 ms, where running them takes under 0.1 ms).
 		pc.ConnConfig.RuntimeParams["jit"] = "off"
+		pc.ConnConfig.RuntimeParams["random_page_cost"] = "1.1"
 		if readOnly {
 			pc.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
 		}

@@ -3,6 +3,7 @@ package postgres
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tasker-go/tasker/store"
@@ -372,16 +373,16 @@ type stepHistoryRow struct {
 // it, so each takes MAX+1.
 func stepHistoryStmts(hs []stepHistoryRow) []deferred {
 	n := len(hs)
-	if n <= rowwise {
-		out := make([]deferred, n)
-		for i, h := range hs {
-			out[i] = deferred{what: "step " + h.step + " history", sql: `INSERT INTO tasker_step_transitions
+	if n == 1 {
+		h := hs[0]
+		return []deferred{{what: "step " + h.step + " history", sql: `INSERT INTO tasker_step_transitions
 				(step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
 				SELECT $1::text, $2, $3, $4, $5::jsonb,
 					(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = $1::text) + 1, $6`,
-				args: []any{h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at}}
-		}
-		return out
+			args: []any{h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at}}}
+	}
+	if n <= rowwise {
+		return []deferred{stepHistoryValues(hs)}
 	}
 	steps, from, to, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	md := make([]*string, n)
@@ -396,4 +397,28 @@ func stepHistoryStmts(hs []stepHistoryRow) []deferred {
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int[])
 			AS h(step_uuid, from_state, to_state, event, metadata, at, hop)`,
 		args: []any{steps, from, to, events, md, at, hops}}}
+}
+
+// stepHistoryValues is the set form of stepHistoryStmts for a few rows:
+// a VALUES list of exactly len(hs) rows, whose row count the planner
+// knows, so each size has one cached plan (an unnest is estimated at ten
+// rows and planned afresh every time; see rowwise). It takes one
+// statement where a row each took up to eight.
+func stepHistoryValues(hs []stepHistoryRow) deferred {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		SELECT h.step_uuid, h.from_state, h.to_state, h.event, h.metadata,
+			(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = h.step_uuid) + h.hop, h.at
+		FROM (VALUES `)
+	args := make([]any, 0, 7*len(hs))
+	for i, h := range hs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		k := len(args)
+		fmt.Fprintf(&b, "($%d::text, $%d::text, $%d::text, $%d::text, $%d::jsonb, $%d::timestamptz, $%d::int)", k+1, k+2, k+3, k+4, k+5, k+6, k+7)
+		args = append(args, h.step, h.from, h.to, h.event, jsonText(h.metadata), h.at, max(h.hop, 1))
+	}
+	b.WriteString(`) AS h(step_uuid, from_state, to_state, event, metadata, at, hop)`)
+	return deferred{what: fmt.Sprintf("history of %d steps", len(hs)), sql: b.String(), args: args}
 }
