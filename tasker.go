@@ -86,13 +86,17 @@ type Config struct {
 	// and evaluated in one transaction. It never waits for other tasks'
 	// results. Default 2ms; negative disables it.
 	CompletionLinger time.Duration
-	// Prefetch is how many steps the worker may claim beyond Concurrency.
+	// Prefetch is the most steps the worker may claim beyond Concurrency.
 	// They wait for a free handler (their leases heartbeated meanwhile), so
 	// that handlers are not idle while the next claim commits, and claims
-	// come in fewer, larger transactions. A prefetched step has left the
-	// queue, so a higher-priority step enqueued after it runs after it:
-	// disable prefetch where strict priority order matters more than
-	// throughput. Default Concurrency; negative disables it.
+	// come in fewer, larger transactions. The depth used follows the
+	// handlers: Concurrency steps (or Prefetch, if lower) while handlers
+	// take about as long as a claim, deeper as they get faster than a
+	// claim, up to Prefetch; slow handlers so never hold many steps that
+	// another worker could run. A prefetched step has left the queue, so a
+	// higher-priority step enqueued after it runs after it: disable
+	// prefetch where strict priority order matters more than throughput.
+	// Default 4 × Concurrency; negative disables it.
 	Prefetch int
 	// Namespaces limits the worker to these namespaces. Default: every
 	// namespace with a registered template that has a step whose callable
@@ -228,8 +232,8 @@ func (c *Config) hasRole(r Role) bool {
 	return false
 }
 
-// prefetch is the worker's Prefetch: Concurrency (default 10) unless set;
-// negative means none.
+// prefetch is the worker's Prefetch: 4 × Concurrency (default 10) unless
+// set; negative means none.
 func (c *Config) prefetch() int {
 	switch {
 	case c.Prefetch < 0:
@@ -237,9 +241,9 @@ func (c *Config) prefetch() int {
 	case c.Prefetch > 0:
 		return c.Prefetch
 	case c.Concurrency > 0:
-		return c.Concurrency
+		return 4 * c.Concurrency
 	}
-	return 10
+	return 40
 }
 
 func (c *Config) validate() error {

@@ -139,7 +139,7 @@ func Default() *Config {
 			MaxConcurrentHandlers:         10,
 			CompletionBuffer:              100,
 			CompletionLinger:              2 * time.Millisecond,
-			Prefetch:                      10,
+			Prefetch:                      40,
 			DefaultStepTimeout:            5 * time.Minute,
 			DrainTimeout:                  30 * time.Second,
 			ExternalCapacity:              100,

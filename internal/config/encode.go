@@ -44,7 +44,7 @@ var keyDocs = map[string]string{
 	"worker.deployment_mode":                  "How work from other processes is noticed: hybrid (PostgreSQL notifications plus polling), polling_only, or event_driven_only (PostgreSQL only).",
 	"worker.max_concurrent_handlers":          "Step handlers running at once in this process.",
 	"worker.completion_buffer":                "Capacity of the worker's completion channel.",
-	"worker.prefetch":                         "Steps claimed beyond max_concurrent_handlers that wait for a free handler, so claims come in fewer, larger transactions; 0 disables it.",
+	"worker.prefetch":                         "Most steps claimed beyond max_concurrent_handlers that wait for a free handler, so claims come in fewer, larger transactions; the depth used follows handler speed (max_concurrent_handlers while handlers are as slow as a claim, up to this when much faster); 0 disables it.",
 	"worker.completion_linger":                "How long a batch of results may wait for a still-running step of the same task, so siblings are processed together; 0 disables it.",
 	"worker.default_step_timeout":             "Attempt timeout for steps whose template sets no timeout_seconds.",
 	"worker.drain_timeout":                    "On SIGINT/SIGTERM, how long handlers in flight may finish before the process exits.",

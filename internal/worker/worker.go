@@ -91,11 +91,13 @@ type Config struct {
 	Concurrency int
 	// CompletionBuffer is the completion channel's capacity. Default 100.
 	CompletionBuffer int
-	// Prefetch is how many steps may be claimed beyond Concurrency; they
-	// wait in the dispatch channel for a handler to free up, so that
+	// Prefetch is the most steps that may be claimed beyond Concurrency;
+	// they wait in the dispatch channel for a handler to free up, so that
 	// handlers do not sit idle while the next claim is committed. Their
 	// leases are heartbeated from the claim on; a stopping worker still
-	// runs them. Default 0.
+	// runs them. The depth used follows the handlers (see prefetchDepth):
+	// min(Concurrency, Prefetch) while handlers take as long as a claim,
+	// up to Prefetch when they are much faster. Default 0.
 	Prefetch int
 	// ClaimBatch caps how many steps one claim takes. Default
 	// Concurrency + Prefetch.
@@ -209,6 +211,9 @@ type Worker struct {
 	// was critically full, so that the completion processor wakes the claim
 	// loop once it has written a batch.
 	shed atomic.Bool
+	// claimTime and handlerTime average the claim loop's claim
+	// transactions and handler runs; they set the prefetch depth.
+	claimTime, handlerTime durationAvg
 
 	// handoffMu orders claims made in other components' transactions (the
 	// completion processor's, CreateTask's; read-locked, so they may run
@@ -448,7 +453,7 @@ func (w *Worker) reserve() int {
 
 // claimLimit is how many steps may be in flight before claims stop.
 func (w *Worker) claimLimit() int64 {
-	return max(int64(float64(w.cfg.Concurrency+w.cfg.Prefetch)*w.cfg.LoadShedThreshold), 1)
+	return max(int64(float64(w.cfg.Concurrency+w.prefetch())*w.cfg.LoadShedThreshold), 1)
 }
 
 // giveBack returns n units of claim capacity. A step that settles (n = 1)
@@ -474,7 +479,7 @@ func (w *Worker) giveBack(n int64) {
 // prefetched steps have started, so that claims come in batches while
 // steps are still waiting for a handler.
 func (w *Worker) claimLowWater() int64 {
-	return max(w.claimLimit()-max(int64(w.cfg.Prefetch)/2, 1), 0)
+	return max(w.claimLimit()-max(int64(w.prefetch())/2, 1), 0)
 }
 
 func (w *Worker) claimParams(limit int) store.StepsClaimParams {
@@ -500,6 +505,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	var claimed []store.ClaimedStep
+	began := time.Now()
 	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
 		var err error
 		claimed, err = tx.StepsClaim(ctx, p)
@@ -509,6 +515,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		w.giveBack(int64(n))
 		return 0, false, err
 	}
+	w.claimTime.observe(time.Since(began))
 	w.accept(ctx, claimed, n)
 	return len(claimed), len(claimed) == n, nil
 }
@@ -568,6 +575,9 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 	if res == nil {
 		w.taskRunning(c.TaskUUID, -1)
 		return // an external step: the external channel sends its result and settles it
+	}
+	if res.Finished.After(res.Started) {
+		w.handlerTime.observe(res.Finished.Sub(res.Started))
 	}
 	sent := w.completion.Send(w.hCtxForSend(), res)
 	// Counted down only once the result is in the channel, so that the

@@ -743,10 +743,12 @@ func TestConcurrencyLimit(t *testing.T) {
 // TestPrefetch: with Prefetch, a worker claims up to Concurrency+Prefetch
 // steps while still running at most Concurrency handlers; the prefetched
 // steps wait for a permit, and Stop runs them instead of dropping them.
+// (Prefetch is below Concurrency, so the depth is Prefetch whatever the
+// handlers' speed; see TestPrefetchDepth.)
 func TestPrefetch(t *testing.T) {
 	t.Parallel()
 	d := openStore(t)
-	const steps, concurrency, prefetch = 12, 2, 3
+	const steps, concurrency, prefetch = 12, 3, 2
 	callables := make([]string, steps)
 	for i := range callables {
 		callables[i] = "gated"
@@ -1051,5 +1053,82 @@ func TestLingerBatchesSiblings(t *testing.T) {
 				t.Errorf("results reached the completer in batches %v, want %d batch(es)", sizes, tc.wantBatches)
 			}
 		})
+	}
+}
+
+// TestPrefetchDepth: the prefetch depth covers one claim's round trip at
+// the handlers' pace, between min(Concurrency, Prefetch) and Prefetch.
+func TestPrefetchDepth(t *testing.T) {
+	ms, us := time.Millisecond, time.Microsecond
+	for _, c := range []struct {
+		concurrency, prefetch int
+		claim, handler        time.Duration
+		want                  int
+	}{
+		{10, 40, 0, 0, 10},                  // nothing measured yet: the floor
+		{10, 40, 2 * ms, 0, 10},             // no handler finished yet
+		{10, 40, 0, 5 * ms, 10},             // no claim measured yet
+		{10, 40, 2 * ms, 20 * ms, 10},       // slow handlers: one step each is plenty
+		{10, 40, 2 * ms, 2 * ms, 10},        // as slow as a claim
+		{10, 40, 2 * ms, 1 * ms, 20},        // twice as fast: twice as deep
+		{10, 40, 3 * ms, 2 * ms, 15},        // 10 × 1.5
+		{4, 40, 3 * ms, 1 * ms, 12},         // 4 × 3
+		{10, 40, 2 * ms, 700 * us, 29},      // 28.57… rounds up
+		{10, 40, 2 * ms, 1 * us, 40},        // instant handlers: the ceiling
+		{10, 5, 2 * ms, 1 * us, 5},          // a ceiling below Concurrency is the depth
+		{10, 5, 2 * ms, 20 * ms, 5},         // … whatever the handlers' speed
+		{10, 0, 2 * ms, 1 * us, 0},          // prefetch disabled
+		{1, 1 << 20, 1000 * ms, 1, 1 << 20}, // huge ratios stay in range
+	} {
+		if got := prefetchDepth(c.concurrency, c.prefetch, c.claim, c.handler); got != c.want {
+			t.Errorf("prefetchDepth(C=%d, P=%d, claim %s, handler %s) = %d, want %d",
+				c.concurrency, c.prefetch, c.claim, c.handler, got, c.want)
+		}
+	}
+}
+
+// TestPrefetchFollowsHandlers: a worker's claim limit is Concurrency plus
+// the depth its measured claim and handler times give, and moves as they
+// change.
+func TestPrefetchFollowsHandlers(t *testing.T) {
+	d := openStore(t)
+	cfg := testConfig(&logCapture{})
+	cfg.Concurrency, cfg.Prefetch = 10, 40
+	w := New(d, resolverFor(nil), (&completer{d: d}).complete, nil, cfg)
+	if got := w.claimLimit(); got != 20 {
+		t.Fatalf("claim limit before any measurement %d, want 20 (Concurrency + Concurrency)", got)
+	}
+	w.claimTime.observe(2 * time.Millisecond)
+	w.handlerTime.observe(time.Microsecond)
+	if got := w.claimLimit(); got != 50 {
+		t.Errorf("claim limit with instant handlers %d, want 50 (Concurrency + Prefetch)", got)
+	}
+	if got := w.claimLowWater(); got != 30 {
+		t.Errorf("low-water mark with instant handlers %d, want 30 (limit − depth/2)", got)
+	}
+	// Handlers slow down to ten times a claim: the average moves by an
+	// eighth per sample, and the depth falls back to Concurrency.
+	for range 60 {
+		w.handlerTime.observe(20 * time.Millisecond)
+	}
+	if got := w.claimLimit(); got != 20 {
+		t.Errorf("claim limit with slow handlers %d, want 20 (handler avg %s)", got, w.handlerTime.get())
+	}
+}
+
+// TestDurationAvg: the first sample is the average; each later one moves
+// it an eighth of the way.
+func TestDurationAvg(t *testing.T) {
+	var a durationAvg
+	if a.get() != 0 {
+		t.Fatalf("empty average %s, want 0", a.get())
+	}
+	a.observe(800 * time.Microsecond)
+	if a.get() != 800*time.Microsecond {
+		t.Fatalf("after one sample %s, want 800µs", a.get())
+	}
+	a.observe(0) // counted as 1ns
+	if want := 800*time.Microsecond - (800*time.Microsecond-1)/8; a.get() != want {
+		t.Fatalf("after a zero sample %s, want %s", a.get(), want)
 	}
 }

@@ -1,0 +1,60 @@
+package worker
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Prefetch depth. Prefetched steps exist to cover a claim's round trip:
+// while the next claim commits, handlers run steps already claimed. How
+// many that takes depends on how fast handlers finish. Handlers that take
+// as long as a claim need about Concurrency steps in hand; handlers that
+// return in microseconds drain any number of steps before a claim comes
+// back, and there a deep prefetch also makes claims and result batches
+// larger, which is what a fan-out of no-op steps is bound by. Steps held
+// in a worker's hand are steps no other worker can run, so the depth
+// follows the handlers instead of being fixed: Concurrency × claim time /
+// handler time, at least min(Concurrency, Prefetch), at most Prefetch.
+
+// durationAvg is an exponentially weighted moving average of durations
+// (weight 1/8 for each new sample), safe for concurrent use.
+type durationAvg struct{ ns atomic.Int64 }
+
+func (a *durationAvg) observe(d time.Duration) {
+	sample := max(int64(d), 1)
+	for {
+		old := a.ns.Load()
+		next := sample
+		if old > 0 {
+			next = max(old+(sample-old)/8, 1)
+		}
+		if a.ns.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// get returns the average, or 0 before the first sample.
+func (a *durationAvg) get() time.Duration { return time.Duration(a.ns.Load()) }
+
+// prefetchDepth is how many steps a worker with concurrency handlers and
+// a prefetch ceiling claims beyond its handlers, given the average claim
+// and handler times; with either unknown it is the floor.
+func prefetchDepth(concurrency, prefetch int, claim, handler time.Duration) int {
+	floor := min(concurrency, prefetch)
+	if claim <= 0 || handler <= 0 || prefetch <= floor {
+		return floor
+	}
+	// Rounded up, and in float64: claim/handler can exceed int64 range
+	// only in theory, and the clamp below bounds the result anyway.
+	need := float64(concurrency) * float64(claim) / float64(handler)
+	if need >= float64(prefetch) {
+		return prefetch
+	}
+	return max(int(need+0.999999), floor)
+}
+
+// prefetch is the depth in use now.
+func (w *Worker) prefetch() int {
+	return prefetchDepth(w.cfg.Concurrency, w.cfg.Prefetch, w.claimTime.get(), w.handlerTime.get())
+}
