@@ -259,17 +259,20 @@ steps:
 	}
 }
 
-// TestLeaseOutlivedByHeartbeat runs a step for several times its lease:
-// the worker's heartbeat keeps the lease, so the step runs once.
+// TestLeaseOutlivedByHeartbeat runs a step for longer than its lease: the
+// worker's heartbeat (every third of the lease) keeps the lease, so the
+// step runs once. The lease is 2s, not less: under the race detector and
+// a loaded machine, a 1s lease was once lost to a heartbeat that could not
+// run for over a second.
 func TestLeaseOutlivedByHeartbeat(t *testing.T) {
 	t.Parallel()
 	eng, _ := openEngine(t, engineOptions{
-		cfg:       tasker.Config{StepLease: time.Second, PollInterval: 50 * time.Millisecond},
+		cfg:       tasker.Config{StepLease: 2 * time.Second, PollInterval: 50 * time.Millisecond},
 		templates: []string{singleStep("long", "api.long", "")},
 		handlers: map[string]tasker.HandlerFunc{
 			"api.long": func(ctx context.Context, _ *tasker.StepContext) (any, error) {
 				select {
-				case <-time.After(2500 * time.Millisecond):
+				case <-time.After(3500 * time.Millisecond):
 					return "survived", nil
 				case <-ctx.Done():
 					return nil, context.Cause(ctx)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -61,6 +62,21 @@ func slowMathOp(ctx context.Context, s *tasker.StepContext) (any, error) {
 	return mathOp(ctx, s)
 }
 
+// childCalls counts the child's handler calls (see childMathOp).
+var childCalls atomic.Int64
+
+// childMathOp is slowMathOp until the child has started half of all the
+// steps; later calls hold their step until the process dies. However fast
+// the child runs and however slowly the parent watches, the child is then
+// killed with work unfinished and steps in progress.
+func childMathOp(ctx context.Context, s *tasker.StepContext) (any, error) {
+	if childCalls.Add(1) > 4*crashTasks/2 {
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	}
+	return slowMathOp(ctx, s)
+}
+
 // crashChild is the child's side: open the engine, create the tasks, write
 // their UUIDs for the parent, start, and run until killed.
 func crashChild(t *testing.T) {
@@ -73,7 +89,7 @@ func crashChild(t *testing.T) {
 	if err := eng.RegisterTemplate(ctx, []byte(crashYAML)); err != nil {
 		t.Fatal(err)
 	}
-	eng.Handle("math.op", tasker.HandlerFunc(slowMathOp))
+	eng.Handle("math.op", tasker.HandlerFunc(childMathOp))
 	ids := make([]string, 0, crashTasks)
 	for i := range crashTasks {
 		task, err := eng.CreateTask(ctx, tasker.TaskRequest{Namespace: "math", Name: "crash_math",

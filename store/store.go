@@ -482,6 +482,46 @@ func InTx(ctx context.Context, d Driver, fn func(tx Tx) error) error {
 	return tx.Commit()
 }
 
+// ClaimCommitter is a transaction that can send a claim of steps together
+// with its COMMIT, in one round trip (see InTxClaim). ClaimAndCommit ends
+// the transaction either way: committed with the claim, or rolled back.
+type ClaimCommitter interface {
+	ClaimAndCommit(ctx context.Context, p StepsClaimParams) ([]ClaimedStep, error)
+}
+
+// InTxClaim runs fn in a transaction, then claims the steps fn asks for
+// as the transaction's last statement and commits: a worker's claim, or
+// a transaction that hands the steps it made ready to a worker in this
+// process. fn returns the claim (a zero Limit, or no queues, claims
+// nothing). A driver whose transactions are ClaimCommitters sends the
+// claim with the COMMIT; the others claim, then commit.
+func InTxClaim(ctx context.Context, d Driver, fn func(tx Tx) (StepsClaimParams, error)) ([]ClaimedStep, error) {
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, err := fn(tx)
+	if err != nil {
+		_ = tx.Rollback()
+		return nil, err
+	}
+	if p.Limit <= 0 || len(p.Queues) == 0 {
+		return nil, tx.Commit()
+	}
+	if cc, ok := tx.(ClaimCommitter); ok {
+		return cc.ClaimAndCommit(ctx, p)
+	}
+	claimed, err := tx.StepsClaim(ctx, p)
+	if err != nil {
+		_ = tx.Rollback()
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return claimed, nil
+}
+
 // StepErrorInfo is the JSON stored in a step's error column: the last
 // failure of the step.
 type StepErrorInfo struct {

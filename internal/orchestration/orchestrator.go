@@ -385,18 +385,16 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim
 		return nil, nil, nil, err
 	}
 	eff := newEffects()
-	var claimed []store.ClaimedStep
-	err = store.InTx(ctx, o.d, func(tx store.Tx) error {
+	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
 		if err := o.insert(ctx, tx, n, now, eff); err != nil {
-			return err
+			return store.StepsClaimParams{}, err
 		}
-		var err error
-		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
-		return err
+		return o.claimFor(claim, now), nil
 	})
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	o.claimed(claim, claimed, eff)
 	o.announce(eff)
 	markStarted(n.steps, claimed, now)
 	return n.task, n.steps, claimed, nil
@@ -444,20 +442,18 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 		prepared[i] = n
 	}
 	eff := newEffects()
-	var claimed []store.ClaimedStep
-	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
 		for i, n := range prepared {
 			if err := o.insert(ctx, tx, n, now, eff); err != nil {
-				return &BatchError{Index: i, Err: err}
+				return store.StepsClaimParams{}, &BatchError{Index: i, Err: err}
 			}
 		}
-		var err error
-		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
-		return err
+		return o.claimFor(claim, now), nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
+	o.claimed(claim, claimed, eff)
 	o.announce(eff)
 	out := make([]CreatedTask, len(prepared))
 	for i, n := range prepared {
@@ -471,28 +467,27 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 	return out, claimed, nil
 }
 
-// claimFor claims steps for a worker in this process at the end of an
-// orchestration transaction, if claim asks for any. When the claim empties
-// the worker's queues, waking the worker for the steps this transaction
-// enqueued would only cost it an empty claim, so that wake-up is dropped.
-func (o *Orchestrator) claimFor(ctx context.Context, tx store.Tx, claim store.StepsClaimParams, now time.Time,
-	eff *effects) ([]store.ClaimedStep, error) {
-	if claim.Limit <= 0 || len(claim.Queues) == 0 {
-		return nil, nil
-	}
+// claimFor is the claim of steps for a worker in this process that ends an
+// orchestration transaction (see store.InTxClaim), if claim asks for any:
+// the steps the transaction made ready go straight to that worker.
+func (o *Orchestrator) claimFor(claim store.StepsClaimParams, now time.Time) store.StepsClaimParams {
 	claim.Now = now
-	claimed, err := tx.StepsClaim(ctx, claim)
-	if err != nil {
-		return nil, err
+	return claim
+}
+
+// claimed notes what a transaction's claim (see claimFor) took. When the
+// claim emptied the worker's queues (it got fewer steps than it asked
+// for), waking the worker for the steps the transaction enqueued would
+// only cost it an empty claim, so that wake-up is dropped.
+func (o *Orchestrator) claimed(claim store.StepsClaimParams, claimed []store.ClaimedStep, eff *effects) {
+	if claim.Limit <= 0 || len(claimed) >= claim.Limit {
+		return
 	}
-	if len(claimed) < claim.Limit {
-		for _, q := range claim.Queues {
-			if ns, ok := store.QueueNamespace(q); ok {
-				delete(eff.namespaces, ns)
-			}
+	for _, q := range claim.Queues {
+		if ns, ok := store.QueueNamespace(q); ok {
+			delete(eff.namespaces, ns)
 		}
 	}
-	return claimed, nil
 }
 
 // normaliseContext checks that the context is a JSON object valid against
@@ -874,9 +869,8 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 	claim store.StepsClaimParams) ([]error, []store.ClaimedStep, error) {
 	eff := newEffects()
 	var refused []error
-	var claimed []store.ClaimedStep
 	now := o.cfg.Now()
-	err := store.InTx(ctx, o.d, func(tx store.Tx) error {
+	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
 		// Lock the tasks first, in a fixed order, as every orchestration
 		// transaction does, so that concurrent transactions on the same
 		// tasks wait for each other instead of deadlocking.
@@ -888,7 +882,7 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			Tasks: sortedKeys(ids), Completions: completions, Now: now,
 			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove, SettleSuccesses: true})
 		if err != nil {
-			return err
+			return store.StepsClaimParams{}, err
 		}
 		refused, eff.settled = loaded.Refused, loaded.Settled
 		byTask := map[string]map[string]bool{}
@@ -906,23 +900,23 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 				task := loaded.Tasks[id]
 				t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
 				if err != nil {
-					return fmt.Errorf("task %s: %w", id, err)
+					return store.StepsClaimParams{}, fmt.Errorf("task %s: %w", id, err)
 				}
 				if err := o.processLargeTask(ctx, tx, task, t, byTask[id], now, eff); err != nil {
-					return err
+					return store.StepsClaimParams{}, err
 				}
 				continue
 			}
 			if err := o.processLockedTask(ctx, tx, loaded.Tasks[id], loaded.Steps[id], byTask[id], now, eff); err != nil {
-				return err
+				return store.StepsClaimParams{}, err
 			}
 		}
-		claimed, err = o.claimFor(ctx, tx, claim, now, eff)
-		return err
+		return o.claimFor(claim, now), nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
+	o.claimed(claim, claimed, eff)
 	o.announce(eff)
 	return refused, claimed, nil
 }

@@ -504,13 +504,8 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		w.giveBack(int64(n))
 		return 0, false, nil
 	}
-	var claimed []store.ClaimedStep
 	began := time.Now()
-	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
-		var err error
-		claimed, err = tx.StepsClaim(ctx, p)
-		return err
-	})
+	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
 	if err != nil {
 		w.giveBack(int64(n))
 		return 0, false, err

@@ -726,6 +726,18 @@ func (e *executor) QueueDepth(ctx context.Context, p store.QueueDepthParams) ([]
 // A step that left "enqueued" since the snapshot (cancelled, or started
 // through another message by a concurrent claimer) is re-checked on its
 // newest version by the UPDATE and skipped.
+//
+// The statement also records each start in the step's history, so that a
+// claim is one statement (one round trip, and atomic without a
+// transaction around it). Its sort key is the step's last one plus one as
+// of the statement's snapshot. Every history writer holds the step's row
+// lock, which the UPDATE takes here; a step whose history grew after the
+// snapshot was changed after it too, and the UPDATE only goes ahead when
+// the newest version is still "enqueued" — which for a step enqueued
+// again after the snapshot means a message committed after the snapshot,
+// which this claim cannot have picked. Were that reasoning ever wrong, the
+// unique (step_uuid, sort_key) key would fail the claim, not misorder the
+// history.
 const claimSteps = `WITH picked AS (
 		SELECT id, step_uuid, priority FROM tasker_queue
 		WHERE queue = ANY($1) AND visible_at <= $2 AND lease_token IS NULL
@@ -744,6 +756,11 @@ const claimSteps = `WITH picked AS (
 		RETURNING q.*
 	), dropped AS (
 		DELETE FROM tasker_queue WHERE id IN (SELECT id FROM picked) AND id NOT IN (SELECT message_id FROM moved)
+	), history AS (
+		INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		SELECT m.step_uuid, 'enqueued', 'in_progress', 'start', jsonb_build_object('worker', $4::text, 'attempt', m.attempts),
+			(SELECT COALESCE(MAX(t.sort_key), 0) FROM tasker_step_transitions t WHERE t.step_uuid = m.step_uuid) + 1, $2
+		FROM moved m
 	)
 	SELECT l.id, l.queue, l.task_uuid, l.step_uuid, l.payload, l.lease_token, l.lease_owner, l.read_count,
 		l.enqueued_at, l.lease_expires_at,
@@ -755,8 +772,19 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 	if len(p.Queues) == 0 || p.Limit <= 0 {
 		return nil, nil
 	}
+	s := claimStmt(p)
+	rows, err := e.query(ctx, s.sql, s.args...)
+	return collectClaimed(p, rows, err)
+}
+
+// claimStmt is the statement that claims p's steps.
+func claimStmt(p store.StepsClaimParams) stmt {
 	now := orNow(p.Now)
-	rows, err := e.query(ctx, forQueues(p.Queues, claimSteps), queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease))
+	return stmt{sql: forQueues(p.Queues, claimSteps), args: []any{queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease)}}
+}
+
+// collectClaimed reads the steps a claimStmt claimed.
+func collectClaimed(p store.StepsClaimParams, rows pgx.Rows, err error) ([]store.ClaimedStep, error) {
 	out, err := collect(rows, err, func(r pgx.Rows) (store.ClaimedStep, error) {
 		var c store.ClaimedStep
 		var ctxJSON []byte
@@ -766,20 +794,6 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim steps from %v: %w", p.Queues, err)
-	}
-	hs := make([]stepHistoryRow, len(out))
-	for i, c := range out {
-		md, err := json.Marshal(struct {
-			Worker  string `json:"worker"`
-			Attempt int    `json:"attempt"`
-		}{p.Owner, c.Attempt})
-		if err != nil {
-			return nil, err
-		}
-		hs[i] = stepHistoryRow{step: c.StepUUID, from: "enqueued", to: "in_progress", event: "start", metadata: md, at: now}
-	}
-	if err := e.stepHistory(ctx, hs...); err != nil {
-		return nil, err
 	}
 	return out, nil
 }

@@ -186,6 +186,37 @@ func (p *pipeTx) Commit(ctx context.Context) error {
 	return err
 }
 
+// commitWith sends the pending statements, s and COMMIT in one batch and
+// hands s's rows to read, which must consume and close them. A
+// transaction that has sent nothing and has nothing pending sends s alone
+// outside a transaction block: one statement commits on its own.
+func (p *pipeTx) commitWith(ctx context.Context, s stmt, read func(pgx.Rows, error) error) error {
+	if p.done {
+		return errTxDone
+	}
+	defer p.release()
+	if !p.begun && len(p.pending) == 0 {
+		rows, err := p.conn.Query(ctx, s.sql, s.args...)
+		return read(rows, err)
+	}
+	br, err := p.send(ctx, s, stmt{sql: "commit"})
+	if err == nil {
+		rows, qerr := br.Query()
+		err = read(rows, qerr)
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		// As in Commit: the session may be left in an aborted transaction.
+		p.rollback(ctx)
+	}
+	return err
+}
+
 // Rollback discards the pending statements and ends the transaction.
 func (p *pipeTx) Rollback(ctx context.Context) error {
 	if p.done {

@@ -230,6 +230,23 @@ func (t *txExec) Commit() error {
 	return nil
 }
 
+// ClaimAndCommit claims p's steps as the transaction's last statement and
+// commits, in one round trip with the statements still pending; a
+// transaction that sent nothing yet sends the claim alone, which commits
+// on its own (the claim is one statement).
+func (t *txExec) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	var claimed []store.ClaimedStep
+	err := t.tx.commitWith(ctx, claimStmt(p), func(rows pgx.Rows, err error) error {
+		claimed, err = collectClaimed(p, rows, mapErr(err))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: claim and commit: %w", mapErr(err))
+	}
+	t.d.analyze.grew(t.d, t.grown)
+	return claimed, nil
+}
+
 // rollbackTimeout bounds a rollback, which must run even when the
 // transaction's context is already done.
 const rollbackTimeout = 10 * time.Second

@@ -59,10 +59,18 @@ func testStepsClaim(s *suite) {
 		}
 		s.wantTimePtr("LastAttemptedAt", st.LastAttemptedAt, ptr(at(2*time.Second)))
 		s.wantTime("UpdatedAt", st.UpdatedAt, at(2*time.Second))
-		s.wantTransitions("step "+w.name+" history", w.uuid, s.stepHistory(w.uuid), [][3]string{
+		h := s.stepHistory(w.uuid)
+		s.wantTransitions("step "+w.name+" history", w.uuid, h, [][3]string{
 			{"pending", "enqueued", "enqueue"},
 			{"enqueued", "in_progress", "start"},
 		})
+		if len(h) == 2 {
+			s.wantJSON("step "+w.name+" start history Metadata", h[1].Metadata, json.RawMessage(`{"worker": "worker-1", "attempt": 1}`))
+			s.wantTime("step "+w.name+" start history CreatedAt", h[1].CreatedAt, at(2*time.Second))
+			if h[1].SortKey != h[0].SortKey+1 {
+				s.t.Errorf("step %s start history sort key %d after %d, want the next", w.name, h[1].SortKey, h[0].SortKey)
+			}
+		}
 	}
 	s.wantDepth(store.WorkerQueue("billing"), at(2*time.Second), 0, 2)
 	if more := s.claimSteps("billing", 10, "worker-2", at(3*time.Second)); len(more) != 0 {

@@ -79,6 +79,7 @@ var cases = []struct {
 
 	{"StepsClaim", testStepsClaim},
 	{"StepsClaimSkipsStaleMessages", testStepsClaimSkipsStale},
+	{"InTxClaim", testInTxClaim},
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 	{"CompleteAndLoad", testCompleteAndLoad},
