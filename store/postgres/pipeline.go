@@ -163,46 +163,36 @@ func (p *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 // Commit sends the pending statements and COMMIT in one batch. A
 // transaction that never sent a statement has nothing to commit.
 func (p *pipeTx) Commit(ctx context.Context) error {
-	if p.done {
-		return errTxDone
-	}
-	defer p.release()
-	if !p.begun && len(p.pending) == 0 {
-		return nil
-	}
-	br, err := p.send(ctx, stmt{sql: "commit"})
-	if err == nil {
-		_, err = br.Exec()
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		// A statement of the batch failed, so the session may be left in
-		// an aborted transaction; end it (release drops a connection that
-		// is still not idle).
-		p.rollback(ctx)
-	}
-	return err
+	return p.commitWith(ctx, nil, nil)
 }
 
-// commitWith sends the pending statements, s and COMMIT in one batch and
-// hands s's rows to read, which must consume and close them. A
+// commitWith sends the pending statements, s (if any) and COMMIT in one
+// batch and hands s's rows to read, which must consume and close them. A
 // transaction that has sent nothing and has nothing pending sends s alone
-// outside a transaction block: one statement commits on its own.
-func (p *pipeTx) commitWith(ctx context.Context, s stmt, read func(pgx.Rows, error) error) error {
+// outside a transaction block (one statement commits on its own), or
+// nothing at all.
+func (p *pipeTx) commitWith(ctx context.Context, s *stmt, read func(pgx.Rows, error) error) error {
 	if p.done {
 		return errTxDone
 	}
 	defer p.release()
 	if !p.begun && len(p.pending) == 0 {
+		if s == nil {
+			return nil
+		}
 		rows, err := p.conn.Query(ctx, s.sql, s.args...)
 		return read(rows, err)
 	}
-	br, err := p.send(ctx, s, stmt{sql: "commit"})
+	stmts := []stmt{{sql: "commit"}}
+	if s != nil {
+		stmts = []stmt{*s, {sql: "commit"}}
+	}
+	br, err := p.send(ctx, stmts...)
 	if err == nil {
-		rows, qerr := br.Query()
-		err = read(rows, qerr)
+		if s != nil {
+			rows, qerr := br.Query()
+			err = read(rows, qerr)
+		}
 		if err == nil {
 			_, err = br.Exec()
 		}
@@ -211,7 +201,9 @@ func (p *pipeTx) commitWith(ctx context.Context, s stmt, read func(pgx.Rows, err
 		}
 	}
 	if err != nil {
-		// As in Commit: the session may be left in an aborted transaction.
+		// A statement of the batch failed, so the session may be left in
+		// an aborted transaction; end it (release drops a connection that
+		// is still not idle).
 		p.rollback(ctx)
 	}
 	return err

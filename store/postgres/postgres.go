@@ -236,7 +236,8 @@ func (t *txExec) Commit() error {
 // on its own (the claim is one statement).
 func (t *txExec) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
 	var claimed []store.ClaimedStep
-	err := t.tx.commitWith(ctx, claimStmt(p), func(rows pgx.Rows, err error) error {
+	claim := claimStmt(p)
+	err := t.tx.commitWith(ctx, &claim, func(rows pgx.Rows, err error) error {
 		claimed, err = collectClaimed(p, rows, mapErr(err))
 		return err
 	})
