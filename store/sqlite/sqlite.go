@@ -56,6 +56,7 @@ type Driver struct {
 
 	mu        sync.Mutex
 	stmts     map[string]*sql.Stmt
+	readStmts map[string]*sql.Stmt
 	closeOnce sync.Once
 
 	ckpt     *sql.DB
@@ -132,7 +133,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	ckpt.SetMaxOpenConns(1)
 	d := &Driver{path: cfg.Path, writer: writer, reader: reader, ckpt: ckpt,
 		stmts: map[string]*sql.Stmt{}, stopCkpt: make(chan struct{}), ckptDone: make(chan struct{})}
-	d.readExec = &executor{q: reader}
+	d.readExec = &executor{q: reader, stmt: d.readStmt}
 	go d.checkpointLoop()
 	return d, nil
 }
@@ -168,6 +169,36 @@ func (d *Driver) stmt(q string) *sql.Stmt {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.stmts[q]
+}
+
+// readStmt returns the reader pool's prepared statement for q, preparing
+// it on first use (database/sql prepares it again on each pooled
+// connection that runs it). Without it every read was parsed and planned
+// afresh, which for the small reads of a settled task (WaitTask, GetTask)
+// cost about as much as the transaction that settled it.
+func (d *Driver) readStmt(ctx context.Context, q string) *sql.Stmt {
+	d.mu.Lock()
+	s, ok := d.readStmts[q]
+	full := len(d.readStmts) >= maxCachedStmts
+	d.mu.Unlock()
+	if ok || full {
+		return s
+	}
+	s, err := d.reader.PrepareContext(ctx, q)
+	if err != nil {
+		return nil // it runs unprepared, and reports its error there
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if prev, ok := d.readStmts[q]; ok {
+		s.Close()
+		return prev
+	}
+	if d.readStmts == nil {
+		d.readStmts = map[string]*sql.Stmt{}
+	}
+	d.readStmts[q] = s
+	return s
 }
 
 // learn prepares the queries a finished transaction ran without a cached
@@ -212,7 +243,10 @@ func (d *Driver) Close() error {
 		for _, s := range d.stmts {
 			s.Close()
 		}
-		d.stmts = map[string]*sql.Stmt{}
+		for _, s := range d.readStmts {
+			s.Close()
+		}
+		d.stmts, d.readStmts = map[string]*sql.Stmt{}, map[string]*sql.Stmt{}
 		d.mu.Unlock()
 		_, _ = d.ckpt.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`)
 		err = errors.Join(d.writer.Close(), d.reader.Close(), d.ckpt.Close())
