@@ -368,9 +368,9 @@ type stepHistoryRow struct {
 // hops 1, 2, … in order. They must run after the steps' rows were updated
 // in the same transaction: then they see every history row committed
 // before the row locks were taken, and no other writer can add one until
-// the transaction ends, so MAX+hop is the next sort key. Up to rowwise
-// rows go one statement each (see rowwise), each seeing the rows before
-// it, so each takes MAX+1.
+// the transaction ends, so MAX+hop is the next sort key. One row goes as
+// a single-row statement, up to rowwise rows as one VALUES statement
+// (stepHistoryValues), more as one unnest statement.
 func stepHistoryStmts(hs []stepHistoryRow) []deferred {
 	n := len(hs)
 	if n == 1 {
