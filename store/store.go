@@ -471,15 +471,8 @@ type StepsCompleteParams struct {
 // InTx runs fn in a transaction on d, committing if fn returns nil and
 // rolling back otherwise.
 func InTx(ctx context.Context, d Driver, fn func(tx Tx) error) error {
-	tx, err := d.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	_, err := InTxClaim(ctx, d, func(tx Tx) (StepsClaimParams, error) { return StepsClaimParams{}, fn(tx) })
+	return err
 }
 
 // ClaimCommitter is a transaction that can send a claim of steps together
