@@ -54,7 +54,11 @@ func prefetchDepth(concurrency, prefetch int, claim, handler time.Duration) int 
 	return max(int(need+0.999999), floor)
 }
 
-// prefetch is the depth in use now.
-func (w *Worker) prefetch() int {
-	return prefetchDepth(w.cfg.Concurrency, w.cfg.Prefetch, w.claimTime.get(), w.handlerTime.get())
+// refreshDepth sets the depth from the averages measured so far. Only the
+// claim loop calls it, right before it claims: while the loop sleeps the
+// depth, and so the low-water mark at which a settling step wakes it
+// (claimLowWater), stay put, so that a falling in-flight count cannot step
+// past a mark that moved.
+func (w *Worker) refreshDepth() {
+	w.depth.Store(int64(prefetchDepth(w.cfg.Concurrency, w.cfg.Prefetch, w.claimTime.get(), w.handlerTime.get())))
 }

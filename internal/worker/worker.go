@@ -212,8 +212,10 @@ type Worker struct {
 	// loop once it has written a batch.
 	shed atomic.Bool
 	// claimTime and handlerTime average the claim loop's claim
-	// transactions and handler runs; they set the prefetch depth.
+	// transactions and handler runs; they set the prefetch depth, which
+	// the claim loop refreshes before each claim (see refreshDepth).
 	claimTime, handlerTime durationAvg
+	depth                  atomic.Int64
 
 	// handoffMu orders claims made in other components' transactions (the
 	// completion processor's, CreateTask's; read-locked, so they may run
@@ -259,6 +261,7 @@ func New(d store.Driver, resolve Resolver, complete Completer, callback PostHand
 		leases:     map[int64]*lease{},
 		queues:     append([]string(nil), cfg.Queues...),
 	}
+	w.depth.Store(int64(min(cfg.Concurrency, cfg.Prefetch)))
 	w.external = newExternal(w, cfg.External)
 	if cfg.Monitors != nil {
 		// A restarted engine builds a new worker: its channels replace the
@@ -453,7 +456,7 @@ func (w *Worker) reserve() int {
 
 // claimLimit is how many steps may be in flight before claims stop.
 func (w *Worker) claimLimit() int64 {
-	return max(int64(float64(w.cfg.Concurrency+w.prefetch())*w.cfg.LoadShedThreshold), 1)
+	return max(int64(float64(int64(w.cfg.Concurrency)+w.depth.Load())*w.cfg.LoadShedThreshold), 1)
 }
 
 // giveBack returns n units of claim capacity. A step that settles (n = 1)
@@ -479,7 +482,7 @@ func (w *Worker) giveBack(n int64) {
 // prefetched steps have started, so that claims come in batches while
 // steps are still waiting for a handler.
 func (w *Worker) claimLowWater() int64 {
-	return max(w.claimLimit()-max(int64(w.prefetch())/2, 1), 0)
+	return max(w.claimLimit()-max(w.depth.Load()/2, 1), 0)
 }
 
 func (w *Worker) claimParams(limit int) store.StepsClaimParams {
@@ -495,6 +498,7 @@ func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 // claimOnce claims up to the free capacity and reports how many steps it
 // got and whether that filled the request (more may be waiting).
 func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
+	w.refreshDepth()
 	n := w.reserve()
 	if n == 0 {
 		return 0, false, nil

@@ -1100,6 +1100,10 @@ func TestPrefetchFollowsHandlers(t *testing.T) {
 	}
 	w.claimTime.observe(2 * time.Millisecond)
 	w.handlerTime.observe(time.Microsecond)
+	if got := w.claimLimit(); got != 20 {
+		t.Errorf("claim limit %d before the claim loop refreshed the depth, want 20 (the mark stays put)", got)
+	}
+	w.refreshDepth()
 	if got := w.claimLimit(); got != 50 {
 		t.Errorf("claim limit with instant handlers %d, want 50 (Concurrency + Prefetch)", got)
 	}
@@ -1111,6 +1115,7 @@ func TestPrefetchFollowsHandlers(t *testing.T) {
 	for range 60 {
 		w.handlerTime.observe(20 * time.Millisecond)
 	}
+	w.refreshDepth()
 	if got := w.claimLimit(); got != 20 {
 		t.Errorf("claim limit with slow handlers %d, want 20 (handler avg %s)", got, w.handlerTime.get())
 	}
