@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"math"
 	"sync/atomic"
 	"time"
 )
@@ -45,13 +46,13 @@ func prefetchDepth(concurrency, prefetch int, claim, handler time.Duration) int 
 	if claim <= 0 || handler <= 0 || prefetch <= floor {
 		return floor
 	}
-	// Rounded up, and in float64: claim/handler can exceed int64 range
-	// only in theory, and the clamp below bounds the result anyway.
-	need := float64(concurrency) * float64(claim) / float64(handler)
+	// In float64, so that a huge claim/handler ratio cannot overflow; the
+	// clamp bounds the result.
+	need := math.Ceil(float64(concurrency) * float64(claim) / float64(handler))
 	if need >= float64(prefetch) {
 		return prefetch
 	}
-	return max(int(need+0.999999), floor)
+	return max(int(need), floor)
 }
 
 // refreshDepth sets the depth from the averages measured so far. Only the

@@ -132,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	ckpt.SetMaxOpenConns(1)
 	d := &Driver{path: cfg.Path, writer: writer, reader: reader, ckpt: ckpt,
-		stmts: map[string]*sql.Stmt{}, stopCkpt: make(chan struct{}), ckptDone: make(chan struct{})}
+		stmts: map[string]*sql.Stmt{}, readStmts: map[string]*sql.Stmt{}, stopCkpt: make(chan struct{}), ckptDone: make(chan struct{})}
 	d.readExec = &executor{q: reader, stmt: d.readStmt}
 	go d.checkpointLoop()
 	return d, nil
@@ -193,9 +193,6 @@ func (d *Driver) readStmt(ctx context.Context, q string) *sql.Stmt {
 	if prev, ok := d.readStmts[q]; ok {
 		s.Close()
 		return prev
-	}
-	if d.readStmts == nil {
-		d.readStmts = map[string]*sql.Stmt{}
 	}
 	d.readStmts[q] = s
 	return s
