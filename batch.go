@@ -52,7 +52,7 @@ func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, 
 	}
 	out := make([]*Task, len(created))
 	for i, c := range created {
-		out[i] = taskFrom(c.Task, c.Steps, c.Summary)
+		out[i] = taskFrom(c.Task, c.Summary)
 	}
 	return out, nil
 }

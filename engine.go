@@ -1,6 +1,7 @@
 package tasker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -49,7 +51,7 @@ type Engine struct {
 	closed        bool
 
 	waitMu  sync.Mutex
-	waiters map[string]map[chan state.TaskState]struct{}
+	waiters map[string]map[chan taskSignal]struct{}
 
 	ancestorSets sync.Map // template key + step name -> map[string]bool
 
@@ -107,7 +109,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		handlers:      map[string]Handler{},
 		namespaces:    map[string]bool{},
 		subscriptions: map[string]int{},
-		waiters:       map[string]map[chan state.TaskState]struct{}{},
+		waiters:       map[string]map[chan taskSignal]struct{}{},
 	}
 	for _, ns := range cfg.Namespaces {
 		e.namespaces[ns] = true
@@ -143,8 +145,8 @@ func (n engineNotifier) StepsEnqueued([]string) {
 	}
 }
 
-func (n engineNotifier) TaskChanged(taskUUID string, st state.TaskState) {
-	n.e.signalTask(taskUUID, st)
+func (n engineNotifier) TaskChanged(taskUUID string, st state.TaskState, snap *orchestration.TaskSnapshot) {
+	n.e.signalTask(taskUUID, taskSignal{state: st, snap: snap})
 }
 
 // RegisterTemplate validates a YAML task template and stores it. A template
@@ -454,20 +456,19 @@ func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error)
 		return nil, err
 	}
 	var (
-		row   *store.TaskRow
-		steps []store.StepRow
-		sum   orchestration.Summary
+		row *store.TaskRow
+		sum orchestration.Summary
 	)
 	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
 		var claimed []store.ClaimedStep
 		var err error
-		row, steps, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)
+		row, _, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)
 		return claimed, err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return taskFrom(row, steps, sum), nil
+	return taskFrom(row, sum), nil
 }
 
 // createParams turns a request into the orchestrator's parameters.
@@ -518,19 +519,21 @@ func marshalContext(v any) (json.RawMessage, error) {
 
 // GetTask returns a task's state, execution status and step counts.
 func (e *Engine) GetTask(ctx context.Context, taskUUID string) (*Task, error) {
-	row, steps, sum, err := e.orch.TaskStatus(ctx, taskUUID)
+	row, _, sum, err := e.orch.TaskStatus(ctx, taskUUID)
 	if err != nil {
 		return nil, err
 	}
-	return taskFrom(row, steps, sum), nil
+	return taskFrom(row, sum), nil
 }
 
-func taskFrom(row *store.TaskRow, steps []store.StepRow, sum orchestration.Summary) *Task {
+// taskFrom builds a Task from its row and the readiness summary over its
+// steps (whose Total is the number of steps).
+func taskFrom(row *store.TaskRow, sum orchestration.Summary) *Task {
 	t := &Task{
 		UUID: row.UUID, Namespace: row.Namespace, Name: row.Name, Version: row.Version, State: row.State,
 		ExecutionStatus: string(sum.Status), Context: row.Context, Initiator: row.Initiator,
 		SourceSystem: row.SourceSystem, Reason: row.Reason, Tags: row.Tags, Priority: row.Priority,
-		TotalSteps: len(steps), CompletedSteps: sum.Complete, FailedSteps: sum.Errored, InProgressSteps: sum.InFlight,
+		TotalSteps: sum.Total, CompletedSteps: sum.Complete, FailedSteps: sum.Errored, InProgressSteps: sum.InFlight,
 		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt, CompletedAt: row.CompletedAt,
 	}
 	t.PendingSteps = t.TotalSteps - sum.Complete - sum.Errored - sum.InFlight - sum.Cancelled
@@ -603,10 +606,10 @@ func transitions(rows []store.TransitionRow) []Transition {
 // honours ctx. In a started engine it wakes on the commit that settles the
 // task; otherwise it polls.
 func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
-	ch := make(chan state.TaskState, 1)
+	ch := make(chan taskSignal, 1)
 	e.waitMu.Lock()
 	if e.waiters[taskUUID] == nil {
-		e.waiters[taskUUID] = map[chan state.TaskState]struct{}{}
+		e.waiters[taskUUID] = map[chan taskSignal]struct{}{}
 	}
 	e.waiters[taskUUID][ch] = struct{}{}
 	e.waitMu.Unlock()
@@ -625,7 +628,15 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	// wake-up already says so, both are read at once, which saves a round
 	// trip on the way out of every WaitTask.
 	var announced state.TaskState
+	var snap *orchestration.TaskSnapshot
 	for {
+		// A wake-up from this process's own commit that settled the task
+		// carries the task as committed: nothing to read.
+		if announced.Settled() && snap != nil {
+			row := snap.Row
+			row.Context, row.Tags = bytes.Clone(row.Context), slices.Clone(row.Tags)
+			return taskFrom(&row, snap.Summary), nil
+		}
 		var early *stepsRead
 		if announced.Settled() {
 			early = e.readSteps(ctx, taskUUID)
@@ -650,7 +661,7 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 			if early.err != nil {
 				return nil, early.err
 			}
-			return taskFrom(cur, early.steps, early.sum), nil
+			return taskFrom(cur, early.sum), nil
 		}
 		if early != nil {
 			<-early.done // the task moved on again: the steps read are moot
@@ -660,9 +671,10 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil, context.Cause(ctx)
-		case announced = <-ch:
+		case sig := <-ch:
+			announced, snap = sig.state, sig.snap
 		case <-timer.C:
-			announced = ""
+			announced, snap = "", nil
 			poll = min(poll*2, 250*time.Millisecond)
 		}
 		timer.Stop()
@@ -686,21 +698,29 @@ func (e *Engine) readSteps(ctx context.Context, taskUUID string) *stepsRead {
 	return r
 }
 
+// taskSignal is what wakes a WaitTask: the task's new state and, when the
+// commit that settled it was this process's and knew all of its steps, the
+// task as committed (see orchestration.TaskSnapshot).
+type taskSignal struct {
+	state state.TaskState
+	snap  *orchestration.TaskSnapshot
+}
+
 // signalTask wakes the task's waiters with its new state. A waiter that
-// has not taken the previous state yet gets the newest instead.
-func (e *Engine) signalTask(taskUUID string, st state.TaskState) {
+// has not taken the previous signal gets the newest one instead.
+func (e *Engine) signalTask(taskUUID string, sig taskSignal) {
 	e.waitMu.Lock()
 	defer e.waitMu.Unlock()
 	for ch := range e.waiters[taskUUID] {
 		select {
-		case ch <- st:
+		case ch <- sig:
 		default:
 			select {
 			case <-ch:
 			default:
 			}
 			select {
-			case ch <- st:
+			case ch <- sig:
 			default:
 			}
 		}

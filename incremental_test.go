@@ -158,13 +158,6 @@ func runEquivalenceScenarios(t *testing.T, open func(engineOptions) *tasker.Engi
 func TestIncrementalMatchesFull(t *testing.T) {
 	def := orchestration.IncrementalThreshold
 	defer func() { orchestration.IncrementalThreshold = def }()
-	stores := map[string]func(t *testing.T, o engineOptions) *tasker.Engine{
-		"sqlite": func(t *testing.T, o engineOptions) *tasker.Engine {
-			eng, _ := openEngine(t, o)
-			return eng
-		},
-		"postgres": openPostgresEngine,
-	}
 	for _, name := range []string{"sqlite", "postgres"} {
 		t.Run(name, func(t *testing.T) {
 			results := map[int]map[string]string{}
@@ -172,7 +165,7 @@ func TestIncrementalMatchesFull(t *testing.T) {
 				results[threshold] = runEquivalenceScenarios(t, func(o engineOptions) *tasker.Engine {
 					orchestration.IncrementalThreshold = threshold
 					defer func() { orchestration.IncrementalThreshold = def }()
-					return stores[name](t, o)
+					return storeOpeners[name](t, o)
 				})
 			}
 			full, inc := results[def], results[0]

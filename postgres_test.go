@@ -15,6 +15,15 @@ import (
 	"github.com/tasker-go/tasker/store/postgres/pgtest"
 )
 
+// storeOpeners open an engine on each store, by store name.
+var storeOpeners = map[string]func(t *testing.T, o engineOptions) *tasker.Engine{
+	"sqlite": func(t *testing.T, o engineOptions) *tasker.Engine {
+		eng, _ := openEngine(t, o)
+		return eng
+	},
+	"postgres": openPostgresEngine,
+}
+
 // openPostgresEngine is openEngine on PostgreSQL: the engine works in a
 // schema of its own on the test database, dropped when the test ends. It
 // skips the test when PostgreSQL is unreachable (see pgtest).

@@ -45,8 +45,18 @@ var (
 type Notifier interface {
 	// StepsEnqueued says that steps of these namespaces became claimable.
 	StepsEnqueued(namespaces []string)
-	// TaskChanged says that a task moved to a new state.
-	TaskChanged(taskUUID string, st state.TaskState)
+	// TaskChanged says that a task moved to a new state. snap, when not
+	// nil, is the task as the transaction that settled it committed it.
+	TaskChanged(taskUUID string, st state.TaskState, snap *TaskSnapshot)
+}
+
+// TaskSnapshot is a task as a committed transaction left it: its row and
+// the readiness summary over all of its steps. An orchestrator hands one
+// out when it settles a task whose steps it had all in hand, so that a
+// caller waiting for the task need not read it back.
+type TaskSnapshot struct {
+	Row     store.TaskRow
+	Summary Summary
 }
 
 // Config configures an Orchestrator. Zero values take the documented
@@ -200,6 +210,9 @@ type effects struct {
 	namespaces map[string]struct{}
 	tasks      map[string]state.TaskState
 	retries    map[string]time.Time
+	// snapshots are the tasks this transaction settled, as it left them,
+	// where it knew all of their steps.
+	snapshots map[string]*TaskSnapshot
 }
 
 func newEffects() *effects {
@@ -217,7 +230,7 @@ func (o *Orchestrator) announce(eff *effects) {
 	}
 	if o.notify != nil {
 		for id, st := range eff.tasks {
-			o.notify.TaskChanged(id, st)
+			o.notify.TaskChanged(id, st, eff.snapshots[id])
 		}
 	}
 	for id, at := range eff.retries {
@@ -634,6 +647,23 @@ func (o *Orchestrator) settle(ctx context.Context, tx store.Tx, task *store.Task
 	if from != cur {
 		task.State = string(from)
 		eff.tasks[task.UUID] = from
+		if from.Settled() && sum.exact {
+			// The row as the store writes it: state, updated_at and, for
+			// a terminal state, completed_at, at the store's microsecond
+			// precision.
+			row := *task
+			at := now.UTC().Truncate(time.Microsecond)
+			row.UpdatedAt, row.CompletedAt = at, nil
+			if from.Terminal() {
+				row.CompletedAt = &at
+			}
+			if eff.snapshots == nil {
+				eff.snapshots = map[string]*TaskSnapshot{}
+			}
+			eff.snapshots[task.UUID] = &TaskSnapshot{Row: row, Summary: sum}
+		} else {
+			delete(eff.snapshots, task.UUID)
+		}
 	}
 	return nil
 }

@@ -134,6 +134,7 @@ type recorder struct {
 	mu       sync.Mutex
 	enqueued [][]string
 	changes  []taskChange
+	snaps    map[string]*TaskSnapshot
 }
 
 func (r *recorder) StepsEnqueued(namespaces []string) {
@@ -142,10 +143,43 @@ func (r *recorder) StepsEnqueued(namespaces []string) {
 	r.enqueued = append(r.enqueued, slices.Clone(namespaces))
 }
 
-func (r *recorder) TaskChanged(taskUUID string, st state.TaskState) {
+func (r *recorder) TaskChanged(taskUUID string, st state.TaskState, snap *TaskSnapshot) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.changes = append(r.changes, taskChange{taskUUID, st})
+	if r.snaps == nil {
+		r.snaps = map[string]*TaskSnapshot{}
+	}
+	r.snaps[taskUUID] = snap
+}
+
+// wantSnapshot checks that the last TaskChanged for the task carried a
+// snapshot, and that it is what reading the task back gives.
+func (h *harness) wantSnapshot(taskUUID string) {
+	h.t.Helper()
+	h.notes.mu.Lock()
+	snap := h.notes.snaps[taskUUID]
+	h.notes.mu.Unlock()
+	if snap == nil {
+		h.t.Fatalf("task %s settled without a snapshot", taskUUID)
+	}
+	row, _, sum, err := h.orch.TaskStatus(h.ctx, taskUUID)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	got, want := fmt.Sprintf("%+v", snap.Row), fmt.Sprintf("%+v", *row)
+	if snap.Row.CompletedAt != nil && row.CompletedAt != nil {
+		got = strings.Replace(got, fmt.Sprint(snap.Row.CompletedAt), fmt.Sprint(*snap.Row.CompletedAt), 1)
+		want = strings.Replace(want, fmt.Sprint(row.CompletedAt), fmt.Sprint(*row.CompletedAt), 1)
+	}
+	if got != want {
+		h.t.Errorf("snapshot row\n%s\nread back\n%s", got, want)
+	}
+	g, w := snap.Summary, sum
+	if g.Status != w.Status || g.Total != w.Total || g.Complete != w.Complete || g.InFlight != w.InFlight ||
+		g.Errored != w.Errored || g.Cancelled != w.Cancelled || g.PendingRetries != w.PendingRetries {
+		h.t.Errorf("snapshot summary %+v, read back %+v", g, w)
+	}
 }
 
 func (r *recorder) snapshot() ([][]string, []taskChange) {
@@ -558,6 +592,7 @@ func TestSuccessEnqueuesChildrenAndCompletesTask(t *testing.T) {
 	if _, changes := h.notes.snapshot(); changes[len(changes)-1] != (taskChange{task.UUID, state.TaskComplete}) {
 		t.Errorf("last TaskChanged = %v, want complete", changes[len(changes)-1])
 	}
+	h.wantSnapshot(task.UUID)
 	stepHist := h.stepHistory(b.StepUUID)
 	var path []string
 	for _, r := range stepHist {
@@ -773,6 +808,7 @@ func TestIndependentBranchesRunOn(t *testing.T) {
 	if _, changes := h.notes.snapshot(); changes[len(changes)-1] != (taskChange{task.UUID, state.TaskBlockedByFailures}) {
 		t.Errorf("last TaskChanged = %v, want blocked_by_failures", changes[len(changes)-1])
 	}
+	h.wantSnapshot(task.UUID)
 }
 
 func TestRescueExpiredLeases(t *testing.T) {

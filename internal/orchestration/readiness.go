@@ -57,6 +57,9 @@ type Summary struct {
 	PendingRetries int
 	// EarliestRetry is the soonest NextRetryAt among PendingRetries.
 	EarliestRetry *time.Time
+	// exact is set when the counts are the task's real ones (Evaluate over
+	// every step), not only zero or not (EvaluateProgress).
+	exact bool
 }
 
 // CanProgress reports whether anything can still happen without an
@@ -77,7 +80,7 @@ func Evaluate(steps []StepView, now time.Time) Summary {
 	for i := range steps {
 		byUUID[steps[i].UUID] = &steps[i]
 	}
-	sum := Summary{Steps: make(map[string]StepReadiness, len(steps)), Total: len(steps)}
+	sum := Summary{Steps: make(map[string]StepReadiness, len(steps)), Total: len(steps), exact: true}
 	for i := range steps {
 		s := &steps[i]
 		var r StepReadiness
