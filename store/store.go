@@ -667,6 +667,15 @@ type CompleteAndLoadResult struct {
 	Settled map[string]bool
 }
 
+// SuccessSettler is implemented by transactions that can record a
+// successful completion and move its step on to complete in one write
+// (CompleteAndLoadParams.SettleSuccesses): StepsCompleteSettling is
+// StepsComplete that does so, recording both transitions (succeed, then
+// complete), and returns the steps it settled.
+type SuccessSettler interface {
+	StepsCompleteSettling(ctx context.Context, p StepsCompleteParams) ([]error, map[string]bool, error)
+}
+
 // CompleteAndLoader is implemented by transactions that can run
 // CompleteAndLoad in fewer round trips than its parts.
 type CompleteAndLoader interface {
@@ -690,7 +699,13 @@ func CompleteAndLoad(ctx context.Context, tx Tx, p CompleteAndLoadParams) (*Comp
 		res.Tasks[id] = row
 	}
 	var err error
-	if res.Refused, err = tx.StepsComplete(ctx, StepsCompleteParams{Completions: p.Completions, Now: p.Now}); err != nil {
+	comps := StepsCompleteParams{Completions: p.Completions, Now: p.Now}
+	if sc, ok := tx.(SuccessSettler); ok && p.SettleSuccesses {
+		res.Refused, res.Settled, err = sc.StepsCompleteSettling(ctx, comps)
+	} else {
+		res.Refused, err = tx.StepsComplete(ctx, comps)
+	}
+	if err != nil {
 		return nil, err
 	}
 	for _, id := range p.Tasks {

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -703,16 +704,32 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 	}
 	now := tsOrNow(p.Now)
 	out := make([]store.ClaimedStep, 0, len(msgs))
+	// The task's name, version and context, read once per task.
+	type taskInfo struct {
+		name, version string
+		context       json.RawMessage
+	}
+	tasks := map[string]taskInfo{}
 	for _, m := range msgs {
 		var c store.ClaimedStep
-		var ctxJSON string
 		err := e.queryRow(ctx, `UPDATE tasker_steps SET state = 'in_progress', attempts = attempts + 1, last_attempted_at = ?,
 			updated_at = ? WHERE step_uuid = ? AND state = 'enqueued'
 			RETURNING step_uuid, task_uuid, name, namespace, callable, attempts, max_attempts`,
 			now, now, m.StepUUID).Scan(&c.StepUUID, &c.TaskUUID, &c.StepName, &c.Namespace, &c.Callable, &c.Attempt, &c.MaxAttempts)
 		if err == nil {
-			err = e.queryRow(ctx, `SELECT name, version, context FROM tasker_tasks WHERE task_uuid = ?`, c.TaskUUID).
-				Scan(&c.TaskName, &c.Version, &ctxJSON)
+			t, ok := tasks[c.TaskUUID]
+			if !ok {
+				var ctxJSON string
+				err = e.queryRow(ctx, `SELECT name, version, context FROM tasker_tasks WHERE task_uuid = ?`, c.TaskUUID).
+					Scan(&t.name, &t.version, &ctxJSON)
+				if err == nil {
+					t.context = json.RawMessage(ctxJSON)
+					tasks[c.TaskUUID] = t
+				}
+			}
+			// Each claimed step gets a context of its own to hand to its
+			// handler.
+			c.TaskName, c.Version, c.TaskContext = t.name, t.version, bytes.Clone(t.context)
 		}
 		if errors.Is(err, sql.ErrNoRows) {
 			// The step left "enqueued" (cancelled, or already claimed through a
@@ -729,7 +746,6 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 			json.RawMessage(fmt.Sprintf(`{"worker":%q,"attempt":%d}`, p.Owner, c.Attempt)), now); err != nil {
 			return nil, err
 		}
-		c.TaskContext = json.RawMessage(ctxJSON)
 		c.Message = m
 		out = append(out, c)
 	}
@@ -737,47 +753,80 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 }
 
 func (e *executor) StepsComplete(ctx context.Context, p store.StepsCompleteParams) ([]error, error) {
+	out, _, err := e.stepsComplete(ctx, p, false)
+	return out, err
+}
+
+// StepsCompleteSettling is StepsComplete that moves a success straight on
+// to complete (see store.SuccessSettler).
+func (e *executor) StepsCompleteSettling(ctx context.Context, p store.StepsCompleteParams) ([]error, map[string]bool, error) {
+	return e.stepsComplete(ctx, p, true)
+}
+
+// stepsComplete applies completions, settling successes when settle is
+// set: per completion one guarded update of the step (which also checks
+// the message's lease), the message's deletion and one history statement.
+func (e *executor) stepsComplete(ctx context.Context, p store.StepsCompleteParams, settle bool) ([]error, map[string]bool, error) {
 	now := tsOrNow(p.Now)
 	out := make([]error, len(p.Completions))
+	settled := map[string]bool{}
 	for i, c := range p.Completions {
-		// The lease is checked first and the message deleted only after the
-		// step moved: a refused completion must leave the message in place,
-		// or its step would be stranded in_progress with nothing to rescue it.
-		var leased int
-		err := e.queryRow(ctx, `SELECT 1 FROM tasker_queue WHERE id = ? AND lease_token = ?`, c.MessageID, c.LeaseToken).Scan(&leased)
-		if errors.Is(err, sql.ErrNoRows) {
-			out[i] = fmt.Errorf("complete step %s attempt %d: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, mapErr(err))
-		}
 		to, event := "enqueued_for_orchestration", "succeed"
 		result, errJSON := c.Result, json.RawMessage(nil)
 		if !c.Success {
 			to, event, result, errJSON = "enqueued_as_error_for_orchestration", "fail_attempt", nil, c.Error
 		}
-		// A success keeps the previous failure in the error column: it is
-		// the step's last failure, which operators want to see even after a
-		// retry succeeded.
-		res, err := e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = COALESCE(?, error), updated_at = ?
-			WHERE step_uuid = ? AND state = 'in_progress' AND attempts = ?`,
-			to, nullJSON(result), nullJSON(errJSON), now, c.StepUUID, c.Attempt)
+		final, completed := to, any(nil)
+		if c.Success && settle {
+			final, completed = "complete", now
+		}
+		// The step moves only while its message is still leased with the
+		// completion's token; the message is deleted only after that, so a
+		// refused completion leaves it in place (else its step would be
+		// stranded in_progress with nothing to rescue it). A success keeps
+		// the previous failure in the error column: it is the step's last
+		// failure, which operators want to see even after a retry succeeded.
+		res, err := e.exec(ctx, `UPDATE tasker_steps SET state = ?, result = ?, error = COALESCE(?, error), updated_at = ?,
+				completed_at = COALESCE(?, completed_at)
+			WHERE step_uuid = ? AND state = 'in_progress' AND attempts = ?
+				AND EXISTS (SELECT 1 FROM tasker_queue WHERE id = ? AND lease_token = ?)`,
+			final, nullJSON(result), nullJSON(errJSON), now, completed, c.StepUUID, c.Attempt, c.MessageID, c.LeaseToken)
 		if err != nil {
-			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
+			return nil, nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
 		}
 		if n, _ := res.RowsAffected(); n != 1 {
-			out[i] = fmt.Errorf("complete step %s attempt %d: step is no longer in progress: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
+			var leased int
+			err := e.queryRow(ctx, `SELECT 1 FROM tasker_queue WHERE id = ? AND lease_token = ?`, c.MessageID, c.LeaseToken).Scan(&leased)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				out[i] = fmt.Errorf("complete step %s attempt %d: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
+			case err != nil:
+				return nil, nil, fmt.Errorf("complete step %s: %w", c.StepUUID, mapErr(err))
+			default:
+				out[i] = fmt.Errorf("complete step %s attempt %d: step is no longer in progress: %w", c.StepUUID, c.Attempt, store.ErrLeaseLost)
+			}
 			continue
 		}
 		if _, err := e.exec(ctx, `DELETE FROM tasker_queue WHERE id = ?`, c.MessageID); err != nil {
-			return nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
+			return nil, nil, fmt.Errorf("complete step %s: %w", c.StepUUID, err)
 		}
-		if err := e.stepHistory(ctx, c.StepUUID, "in_progress", to, event, c.Metadata, now); err != nil {
-			return nil, err
+		if final == to {
+			if err := e.stepHistory(ctx, c.StepUUID, "in_progress", to, event, c.Metadata, now); err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
+		// Both transitions in one statement, with consecutive sort keys.
+		if _, err := e.exec(ctx, `WITH b(k) AS (SELECT COALESCE(MAX(sort_key), 0) FROM tasker_step_transitions WHERE step_uuid = ?1)
+			INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+			SELECT ?1, 'in_progress', 'enqueued_for_orchestration', 'succeed', ?2, k + 1, ?3 FROM b
+			UNION ALL SELECT ?1, 'enqueued_for_orchestration', 'complete', 'complete', NULL, k + 2, ?3 FROM b`,
+			c.StepUUID, nullJSON(c.Metadata), now); err != nil {
+			return nil, nil, fmt.Errorf("step %s history: %w", c.StepUUID, err)
+		}
+		settled[c.StepUUID] = true
 	}
-	return out, nil
+	return out, settled, nil
 }
 
 // --- durable events ---
