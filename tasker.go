@@ -96,7 +96,7 @@ type Config struct {
 	// another worker could run. A prefetched step has left the queue, so a
 	// higher-priority step enqueued after it runs after it: disable
 	// prefetch where strict priority order matters more than throughput.
-	// Default 4 × Concurrency; negative disables it.
+	// Default 8 × Concurrency; negative disables it.
 	Prefetch int
 	// Namespaces limits the worker to these namespaces. Default: every
 	// namespace with a registered template that has a step whose callable
@@ -232,7 +232,7 @@ func (c *Config) hasRole(r Role) bool {
 	return false
 }
 
-// prefetch is the worker's Prefetch: 4 × Concurrency (default 10) unless
+// prefetch is the worker's Prefetch: 8 × Concurrency (default 10) unless
 // set; negative means none.
 func (c *Config) prefetch() int {
 	switch {
@@ -241,9 +241,9 @@ func (c *Config) prefetch() int {
 	case c.Prefetch > 0:
 		return c.Prefetch
 	case c.Concurrency > 0:
-		return 4 * c.Concurrency
+		return 8 * c.Concurrency
 	}
-	return 40
+	return 80
 }
 
 func (c *Config) validate() error {

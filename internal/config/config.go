@@ -139,7 +139,7 @@ func Default() *Config {
 			MaxConcurrentHandlers:         10,
 			CompletionBuffer:              100,
 			CompletionLinger:              2 * time.Millisecond,
-			Prefetch:                      40,
+			Prefetch:                      80,
 			DefaultStepTimeout:            5 * time.Minute,
 			DrainTimeout:                  30 * time.Second,
 			ExternalCapacity:              100,

@@ -117,7 +117,7 @@ type Config struct {
 	// PollInterval is how often the queue is checked without a wake-up
 	// signal (work enqueued by other processes). Default 500ms.
 	PollInterval time.Duration
-	// CompletionBatch caps the results written in one transaction. Default 64.
+	// CompletionBatch caps the results written in one transaction. Default 256.
 	CompletionBatch int
 	// CompletionLinger is how long the completion processor may hold a
 	// batch for a result still to come from a handler running in this
@@ -176,7 +176,7 @@ func (c *Config) setDefaults() {
 		c.CompletionLinger = 2 * time.Millisecond
 	}
 	if c.CompletionBatch <= 0 {
-		c.CompletionBatch = 64
+		c.CompletionBatch = 256
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
