@@ -681,19 +681,19 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	}
 }
 
-// stepsRead is a read of a task's steps running beside other work.
+// stepsRead is a read of a task's steps, for their readiness summary,
+// running beside other work.
 type stepsRead struct {
-	done  chan struct{}
-	steps []store.StepRow
-	sum   orchestration.Summary
-	err   error
+	done chan struct{}
+	sum  orchestration.Summary
+	err  error
 }
 
 func (e *Engine) readSteps(ctx context.Context, taskUUID string) *stepsRead {
 	r := &stepsRead{done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		r.steps, r.sum, r.err = e.orch.StepsStatus(ctx, taskUUID)
+		_, r.sum, r.err = e.orch.StepsStatus(ctx, taskUUID)
 	}()
 	return r
 }
