@@ -482,9 +482,15 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 
 // claimFor is the claim of steps for a worker in this process that ends an
 // orchestration transaction (see store.InTxClaim), if claim asks for any:
-// the steps the transaction made ready go straight to that worker.
+// the steps the transaction made ready go straight to that worker. The
+// leases run from the claim, not from the transaction's start: on SQLite a
+// transaction may first wait its turn for the writer, and that wait must
+// not come out of the worker's lease.
 func (o *Orchestrator) claimFor(claim store.StepsClaimParams, now time.Time) store.StepsClaimParams {
 	claim.Now = now
+	if t := o.cfg.Now(); t.After(now) {
+		claim.Now = t
+	}
 	return claim
 }
 

@@ -1230,3 +1230,48 @@ func TestForwardedResults(t *testing.T) {
 		t.Errorf("second processQueuedResults = %d, %v; want 0, nil", n, err)
 	}
 }
+
+// TestHandoffLeaseRunsFromClaim: the steps a completing transaction claims
+// for its worker get their lease from the claim, not from before the
+// transaction waited for the SQLite writer.
+func TestHandoffLeaseRunsFromClaim(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	task := h.create("flow", `{"order_id": 1}`)
+	a := h.claim(30 * time.Second)["a"]
+
+	tx, err := h.d.Begin(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type outcome struct {
+		claimed []store.ClaimedStep
+		err     error
+	}
+	done := make(chan outcome, 1)
+	lease := 10 * time.Second
+	go func() {
+		_, claimed, err := h.orch.CompleteAndClaim(h.ctx, []store.StepCompletion{successOf(a, `1`)},
+			store.StepsClaimParams{Queues: []string{store.WorkerQueue(testNS)}, Limit: 5, Lease: lease, Owner: "worker-test"})
+		done <- outcome{claimed, err}
+	}()
+	// Let CompleteAndClaim take its start time and queue for the writer,
+	// then move the clock on as if the wait had lasted a minute.
+	time.Sleep(100 * time.Millisecond)
+	h.clock.Advance(time.Minute)
+	freed := h.clock.Now()
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	got := <-done
+	if got.err != nil {
+		t.Fatal(got.err)
+	}
+	if len(got.claimed) != 1 || got.claimed[0].StepName != "b" {
+		t.Fatalf("claimed %+v, want b", got.claimed)
+	}
+	h.wantStates(task.UUID, state.TaskStepsInProcess, map[string]state.StepState{"a": state.StepComplete, "b": state.StepInProgress})
+	if until := got.claimed[0].Message.LeaseUntil; until == nil || until.Before(freed.Add(lease)) {
+		t.Errorf("b's lease ends at %v, want %v: the lease ran from before the wait for the writer", until, freed.Add(lease))
+	}
+}

@@ -509,7 +509,12 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	began := time.Now()
-	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
+	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) {
+		// The lease runs from the claim, not from before a wait for the
+		// (SQLite) writer.
+		p.Now = time.Now()
+		return p, nil
+	})
 	if err != nil {
 		w.giveBack(int64(n))
 		return 0, false, err

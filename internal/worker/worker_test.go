@@ -1137,3 +1137,49 @@ func TestDurationAvg(t *testing.T) {
 		t.Fatalf("after a zero sample %s, want %s", a.get(), want)
 	}
 }
+
+// TestLeaseRunsFromClaim: a claim that first waits for the SQLite writer
+// gets its whole lease from the moment it claims, not from before the
+// wait. Otherwise a busy writer eats into every lease it delays, and a
+// live worker's steps can expire before its first heartbeat.
+func TestLeaseRunsFromClaim(t *testing.T) {
+	d := openStore(t)
+	ids := seed(t, d, "hold")
+	release := make(chan struct{})
+	resolve := resolverFor(map[string]Prepared{"hold": handlerOf(func(ctx context.Context) (any, error) {
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})})
+	defer close(release)
+	cfg := testConfig(&logCapture{})
+	cfg.StepLease = 2 * time.Second
+	cfg.HeartbeatInterval = time.Hour // only the claim sets the lease
+	w := New(d, resolve, (&completer{d: d}).complete, nil, cfg)
+
+	// Hold the writer while the worker starts and tries to claim.
+	tx, err := d.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	time.Sleep(600 * time.Millisecond)
+	freed := time.Now()
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the step to be claimed", func() bool { return getStep(t, d, ids[0]).State == "in_progress" })
+
+	// The lease must outlast the writer's release by nearly all of
+	// StepLease; measured from before the wait it would end 0.6s early.
+	expired, err := d.Reader().QueueExpired(t.Context(), store.QueueExpiredParams{Now: freed.Add(cfg.StepLease - 100*time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(expired) != 0 {
+		t.Errorf("lease ends %s after the writer was freed; want about %s", expired[0].LeaseUntil.Sub(freed), cfg.StepLease)
+	}
+}
