@@ -27,9 +27,23 @@ type querier interface {
 type executor struct {
 	q    querier
 	stmt func(ctx context.Context, q string) *sql.Stmt
+	// ctx, when set, replaces the caller's context in every statement while
+	// the caller's is live (see Driver.Begin).
+	ctx context.Context
+}
+
+// context is the context a statement runs under: the executor's
+// uncancellable one, unless the caller's has ended, which the driver then
+// reports before it runs anything.
+func (e *executor) context(ctx context.Context) context.Context {
+	if e.ctx != nil && ctx.Err() == nil {
+		return e.ctx
+	}
+	return ctx
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = e.context(ctx)
 	if e.stmt != nil {
 		if s := e.stmt(ctx, q); s != nil {
 			r, err := s.ExecContext(ctx, args...)
@@ -41,6 +55,7 @@ func (e *executor) exec(ctx context.Context, q string, args ...any) (sql.Result,
 }
 
 func (e *executor) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = e.context(ctx)
 	if e.stmt != nil {
 		if s := e.stmt(ctx, q); s != nil {
 			r, err := s.QueryContext(ctx, args...)
@@ -52,6 +67,7 @@ func (e *executor) query(ctx context.Context, q string, args ...any) (*sql.Rows,
 }
 
 func (e *executor) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = e.context(ctx)
 	if e.stmt != nil {
 		if s := e.stmt(ctx, q); s != nil {
 			return s.QueryRowContext(ctx, args...)

@@ -89,3 +89,45 @@ func testInTxClaim(s *suite) {
 	}
 	s.wantDepth(store.WorkerQueue("ship"), at(5*time.Second), 1, 2)
 }
+
+// testCancelledTx: a transaction whose context ends before its COMMIT
+// commits nothing, whether the next call is a statement or the COMMIT.
+func testCancelledTx(s *suite) {
+	task := s.newTask(store.TaskInsertParams{Namespace: "ship", Name: "order", Version: "1.0.0"})
+	ids := s.newSteps(task, "ship", "pack", "label")
+	for i, last := range []string{"statement", "commit"} {
+		ctx, cancel := context.WithCancel(s.ctx)
+		tx, err := s.d.Begin(ctx)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: ids[i], From: "pending", To: "enqueued",
+			Event: "enqueue", Now: at(time.Second)}); err != nil {
+			s.t.Fatal(err)
+		}
+		cancel()
+		if last == "statement" {
+			err = tx.StepTransition(ctx, store.StepTransitionParams{UUID: ids[1-i], From: "pending", To: "enqueued",
+				Event: "enqueue", Now: at(time.Second)})
+			if err == nil {
+				s.t.Errorf("a statement with an ended context succeeded")
+			}
+			_ = tx.Rollback()
+		} else if err := tx.Commit(); err == nil {
+			s.t.Errorf("a commit with an ended context succeeded")
+		}
+		if st := s.step(ids[i]); st.State != "pending" {
+			s.t.Errorf("cancelled before the %s: step is %s, want pending (nothing committed)", last, st.State)
+		}
+	}
+	// The connection the cancelled transactions used is usable again.
+	if err := store.InTx(s.ctx, s.d, func(tx store.Tx) error {
+		return tx.StepTransition(s.ctx, store.StepTransitionParams{UUID: ids[0], From: "pending", To: "enqueued",
+			Event: "enqueue", Now: at(2 * time.Second)})
+	}); err != nil {
+		s.t.Fatalf("transaction after the cancelled ones: %v", err)
+	}
+	if st := s.step(ids[0]); st.State != "enqueued" {
+		s.t.Errorf("step is %s after a committed enqueue, want enqueued", st.State)
+	}
+}

@@ -80,6 +80,7 @@ var cases = []struct {
 	{"StepsClaim", testStepsClaim},
 	{"StepsClaimSkipsStaleMessages", testStepsClaimSkipsStale},
 	{"InTxClaim", testInTxClaim},
+	{"CancelledTx", testCancelledTx},
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 	{"CompleteAndLoad", testCompleteAndLoad},
