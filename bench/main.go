@@ -136,12 +136,26 @@ func run(ctx context.Context, o options) error {
 	if !o.json {
 		h.printHeader(ctx)
 	}
+	// Tasker's c1 p50 per shape and store, for the diamond/linear ratio
+	// printed at the end.
+	c1 := map[string]float64{}
+	var ratios []string
 	for _, c := range plan(o.quick) {
 		if !slices.Contains(o.workloads, c.workload) {
 			continue
 		}
 		for _, store := range o.stores {
 			results := h.cell(ctx, c, store)
+			if c.variant == "c1" && !o.json {
+				for _, r := range results {
+					if r.engine == "tasker" && r.med["p50_ms"] > 0 {
+						c1[c.workload+"/"+store] = r.med["p50_ms"]
+					}
+				}
+				if l, d := c1["linear4/"+store], c1["diamond4/"+store]; c.workload == "diamond4" && l > 0 && d > 0 {
+					ratios = append(ratios, fmt.Sprintf("# tasker diamond4/linear4 c1 p50 on %s: %.2f (%.3g / %.3g ms; target <= 0.8)", store, d/l, d, l))
+				}
+			}
 			if o.json {
 				enc := json.NewEncoder(os.Stdout)
 				for _, r := range results {
@@ -153,6 +167,9 @@ func run(ctx context.Context, o options) error {
 				printCell(os.Stdout, c, store, results)
 			}
 		}
+	}
+	if len(ratios) > 0 {
+		fmt.Printf("\n%s\n", strings.Join(ratios, "\n"))
 	}
 	if h.pg != nil {
 		h.pg.dropAll(ctx)
