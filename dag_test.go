@@ -2,8 +2,10 @@ package tasker_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -277,5 +279,48 @@ func TestTaskHistory(t *testing.T) {
 	want := []string{"enqueued", "in_progress", "enqueued_for_orchestration", "complete"}
 	if fmt.Sprint(path) != fmt.Sprint(want) {
 		t.Fatalf("step s2 history %v, want %v", path, want)
+	}
+}
+
+// TestMessageIDsReused runs a chain on a SQLite queue table without
+// AUTOINCREMENT, where a message inserted after the newest was deleted
+// gets that message's ID again. That is what happens to each step here: the
+// transaction that completes s1 deletes its message and claims s2 under
+// the same ID for the same worker. The worker keeps leases by token, so it
+// must not take the completion of s1 for the end of s2's lease.
+func TestMessageIDsReused(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tasker.db")
+	pre, _ := openEngine(t, engineOptions{path: path, noStart: true})
+	if err := pre.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE q (
+			id INTEGER PRIMARY KEY, queue TEXT NOT NULL, task_uuid TEXT NOT NULL, step_uuid TEXT NOT NULL DEFAULT '',
+			payload TEXT, priority INTEGER NOT NULL DEFAULT 0, visible_at INTEGER NOT NULL, lease_token TEXT,
+			lease_owner TEXT, lease_expires_at INTEGER, read_count INTEGER NOT NULL DEFAULT 0, enqueued_at INTEGER NOT NULL);
+		DROP TABLE tasker_queue;
+		ALTER TABLE q RENAME TO tasker_queue;
+		CREATE INDEX tasker_queue_ready ON tasker_queue (queue, priority DESC, id) WHERE lease_token IS NULL;
+		CREATE INDEX tasker_queue_leased ON tasker_queue (lease_expires_at) WHERE lease_token IS NOT NULL;
+		CREATE INDEX tasker_queue_step ON tasker_queue (step_uuid);`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	eng, _ := openEngine(t, engineOptions{path: path, templates: []string{linearYAML},
+		handlers: map[string]tasker.HandlerFunc{"math.op": mathOp}})
+	for i := range 3 {
+		task, steps := runTask(t, eng, tasker.TaskRequest{Namespace: "math", Name: "linear_math",
+			Context: map[string]int{"even_number": 2, "run": i}})
+		wantTask(t, task, "complete", "all_complete")
+		for _, name := range []string{"s1", "s2", "s3", "s4"} {
+			wantStep(t, steps, name, "complete", 1)
+		}
+		wantResult(t, steps, "s4", expectedSquares(2))
 	}
 }

@@ -527,7 +527,7 @@ func (x *External) hold(c *store.ClaimedStep, prep Prepared, settle func()) *Res
 	// lost while the step waited for room.
 	w := x.w
 	w.leaseMu.Lock()
-	l, ok := w.leases[c.Message.ID]
+	l, ok := w.leases[c.Message.LeaseToken]
 	if ok {
 		id := ev.ev.EventID
 		l.cancel = func(error) { x.withdraw(id) }

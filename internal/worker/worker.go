@@ -184,8 +184,13 @@ func (c *Config) setDefaults() {
 	c.External.setDefaults()
 }
 
+// lease is a claimed step's hold on its message. Leases are kept by token,
+// which is unique, rather than by message ID: a store may give a new
+// message the ID of one just deleted (SQLite reuses the largest rowid),
+// and the completion that deletes a step's message can claim, in the same
+// transaction, its successor under that very ID.
 type lease struct {
-	token  string
+	id     int64                   // the message
 	cancel context.CancelCauseFunc // cancels the running handler, if any
 }
 
@@ -233,7 +238,7 @@ type Worker struct {
 	running   map[string]int
 
 	leaseMu sync.Mutex
-	leases  map[int64]*lease
+	leases  map[string]*lease // by lease token
 
 	life        sync.Mutex
 	started     bool
@@ -258,7 +263,7 @@ func New(d store.Driver, resolve Resolver, complete Completer, callback PostHand
 		completion: chanmon.New[*Result]("worker.completion", cfg.CompletionBuffer),
 		sem:        make(chan struct{}, cfg.Concurrency),
 		wake:       make(chan struct{}, 1),
-		leases:     map[int64]*lease{},
+		leases:     map[string]*lease{},
 		queues:     append([]string(nil), cfg.Queues...),
 	}
 	w.depth.Store(int64(min(cfg.Concurrency, cfg.Prefetch)))
@@ -537,7 +542,7 @@ func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserv
 	for i := range claimed {
 		c := &claimed[i]
 		w.leaseMu.Lock()
-		w.leases[c.Message.ID] = &lease{token: c.Message.LeaseToken}
+		w.leases[c.Message.LeaseToken] = &lease{id: c.Message.ID}
 		w.leaseMu.Unlock()
 		// The claim took no more than the free capacity, so this send does
 		// not wait in practice; if it ever does, it is backpressure.
@@ -642,7 +647,7 @@ func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 		return fail(classify(fmt.Errorf("%w before the step started", cause), cause))
 	}
 	w.leaseMu.Lock()
-	_, held := w.leases[c.Message.ID]
+	_, held := w.leases[c.Message.LeaseToken]
 	w.leaseMu.Unlock()
 	if !held {
 		release()
@@ -669,7 +674,7 @@ func (w *Worker) runHandler(c *store.ClaimedStep, released func()) *Result {
 	ctx, cancel := context.WithCancelCause(w.hCtx)
 	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout, errStepTimeout)
 	w.leaseMu.Lock()
-	if l, ok := w.leases[c.Message.ID]; ok {
+	if l, ok := w.leases[c.Message.LeaseToken]; ok {
 		l.cancel = cancel
 	}
 	w.leaseMu.Unlock()
@@ -853,7 +858,7 @@ func (w *Worker) writeResults(ctx context.Context, batch []*Result) {
 	}
 	w.leaseMu.Lock()
 	for _, c := range comps {
-		delete(w.leases, c.MessageID)
+		delete(w.leases, c.LeaseToken)
 	}
 	w.leaseMu.Unlock()
 }
@@ -876,22 +881,22 @@ func (w *Worker) runHeartbeats(ctx context.Context) {
 // lease found lost cancels its handler: its result would be refused.
 func (w *Worker) heartbeat(ctx context.Context) {
 	w.leaseMu.Lock()
-	ids := make(map[int64]string, len(w.leases))
-	for id, l := range w.leases {
-		ids[id] = l.token
+	ids := make(map[string]int64, len(w.leases))
+	for token, l := range w.leases {
+		ids[token] = l.id
 	}
 	w.leaseMu.Unlock()
 	if len(ids) == 0 {
 		return
 	}
-	var lost []int64
+	var lost []string
 	err := store.InTx(ctx, w.d, func(tx store.Tx) error {
 		lost = lost[:0]
 		now := time.Now()
-		for id, token := range ids {
+		for token, id := range ids {
 			err := tx.QueueExtend(ctx, store.QueueExtendParams{ID: id, Token: token, Lease: w.cfg.StepLease, Now: now})
 			if errors.Is(err, store.ErrLeaseLost) {
-				lost = append(lost, id)
+				lost = append(lost, token)
 				continue
 			}
 			if err != nil {
@@ -907,14 +912,14 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		return
 	}
 	w.leaseMu.Lock()
-	for _, id := range lost {
-		if l, ok := w.leases[id]; ok {
+	for _, token := range lost {
+		if l, ok := w.leases[token]; ok {
 			// A lease can be "lost" because its result was just written and
 			// the message deleted; only a still-running handler is told.
 			if l.cancel != nil {
 				l.cancel(errLeaseLost)
 			}
-			delete(w.leases, id)
+			delete(w.leases, token)
 		}
 	}
 	w.leaseMu.Unlock()

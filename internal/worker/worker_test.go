@@ -893,9 +893,9 @@ func TestPrefetchedLeaseLost(t *testing.T) {
 	})
 	// What the heartbeat does when it finds a lease lost: forget it.
 	w.leaseMu.Lock()
-	for id, l := range w.leases {
+	for token, l := range w.leases {
 		if l.cancel == nil {
-			delete(w.leases, id)
+			delete(w.leases, token)
 		}
 	}
 	w.leaseMu.Unlock()
