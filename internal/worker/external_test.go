@@ -268,7 +268,11 @@ func TestExternalTimeout(t *testing.T) {
 	if got := evs["ext_short"].Deadline.Sub(evs["ext_short"].CreatedAt); got != 100*time.Millisecond {
 		t.Errorf("step with a 100ms timeout got a %s deadline", got)
 	}
-	eventually(t, "both events to time out", func() bool { return finished(t, d, ids...) })
+	// The sweep that times an event out settles it after the send to the
+	// completion channel, so the step can be finished in the database a
+	// moment before the event is settled (Complete meanwhile gets
+	// ErrCompletionInProgress): wait for both.
+	eventually(t, "both events to time out", func() bool { return finished(t, d, ids...) && x.Stats().Timeouts == 2 })
 
 	for i, id := range ids {
 		info := storedError(t, getStep(t, d, id))
