@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -109,7 +110,14 @@ func TestRetryThenSuccess(t *testing.T) {
 		t.Errorf("%d retries and %d failures recorded, want 2 each: %+v", retries, failures, trs)
 	}
 	if elapsed > 4*time.Second {
-		t.Errorf("task took %s with 60ms of backoff", elapsed)
+		var hist []string
+		for _, tr := range trs {
+			hist = append(hist, fmt.Sprintf("%s→%s at +%s", tr.From, tr.To, tr.CreatedAt.Sub(start).Round(time.Millisecond)))
+		}
+		for _, tr := range taskTransitions(t, eng, task.UUID) {
+			hist = append(hist, fmt.Sprintf("task %s→%s at +%s", tr.From, tr.To, tr.CreatedAt.Sub(start).Round(time.Millisecond)))
+		}
+		t.Errorf("task took %s with 60ms of backoff; history:\n%s", elapsed, strings.Join(hist, "\n"))
 	}
 }
 

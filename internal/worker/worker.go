@@ -216,6 +216,12 @@ type Worker struct {
 	// was critically full, so that the completion processor wakes the claim
 	// loop once it has written a batch.
 	shed atomic.Bool
+	// wanted records a wake-up that no claim has answered yet. A claim
+	// loop woken while another component's claim holds the free capacity
+	// (a Handoff between its reserve and its giveBack) finds none and
+	// sleeps; the giveBack that frees the capacity then wakes it again,
+	// bulk or not, instead of leaving the steps to PollInterval.
+	wanted atomic.Bool
 	// claimTime and handlerTime average the claim loop's claim
 	// transactions and handler runs; they set the prefetch depth, which
 	// the claim loop refreshes before each claim (see refreshDepth).
@@ -297,6 +303,7 @@ next:
 
 // Wake tells the claim loop that steps may be waiting.
 func (w *Worker) Wake() {
+	w.wanted.Store(true)
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -471,13 +478,14 @@ func (w *Worker) claimLimit() int64 {
 // claim a few steps at a time beside the processor's own claims, and a
 // 10,000-step fan-out twice as slow. If a bulk return jumps past the mark
 // while the loop sleeps, the loop waits for the next settled step or for
-// PollInterval.
+// PollInterval, unless a wake-up is still wanted (see Worker.wanted): then
+// any return wakes it.
 func (w *Worker) giveBack(n int64) {
 	if n <= 0 {
 		return
 	}
 	low := w.claimLowWater()
-	if v := w.inFlight.Add(-n); n == 1 && v == low {
+	if v := w.inFlight.Add(-n); (n == 1 && v == low) || w.wanted.Load() {
 		w.Wake()
 	}
 }
@@ -506,8 +514,11 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 	w.refreshDepth()
 	n := w.reserve()
 	if n == 0 {
-		return 0, false, nil
+		return 0, false, nil // a wake-up stays wanted until a claim runs
 	}
+	// This claim answers every wake-up so far; one that comes while it
+	// runs may announce steps it does not see, and is wanted again.
+	w.wanted.Store(false)
 	p := w.claimParams(n)
 	if p.Limit == 0 {
 		w.giveBack(int64(n))

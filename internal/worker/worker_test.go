@@ -1183,3 +1183,50 @@ func TestLeaseRunsFromClaim(t *testing.T) {
 		t.Errorf("lease ends %s after the writer was freed; want about %s", expired[0].LeaseUntil.Sub(freed), cfg.StepLease)
 	}
 }
+
+// TestWakeWhileCapacityReserved: a wake-up that reaches the claim loop
+// while another claim (a Handoff, as the completion processor and
+// CreateTask make) holds all the free capacity is not lost. The loop finds
+// no capacity and sleeps; when the Handoff gives its unused reservation
+// back, the loop claims the step at once rather than at PollInterval (an
+// hour here). This was a retry re-enqueued while the completion processor
+// was between its commit and its giveBack: picked up 5s late.
+func TestWakeWhileCapacityReserved(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ran := make(chan struct{}, 1)
+	resolve := resolverFor(map[string]Prepared{"work": handlerOf(func(context.Context) (any, error) {
+		ran <- struct{}{}
+		return 1, nil
+	})})
+	cfg := testConfig(&logCapture{})
+	cfg.PollInterval = time.Hour
+	w := New(d, resolve, (&completer{d: d}).complete, nil, cfg)
+	startWorker(t, w)
+
+	inHandoff, release := make(chan struct{}), make(chan struct{})
+	handoffDone := make(chan error, 1)
+	go func() {
+		handoffDone <- w.Handoff(t.Context(), func(p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+			close(inHandoff)
+			<-release
+			return nil, nil // claimed nothing: the whole reservation goes back in bulk
+		})
+	}()
+	<-inHandoff
+	if cur, limit := w.inFlight.Load(), w.claimLimit(); cur < limit {
+		t.Fatalf("the Handoff reserved %d of %d: the claim loop would still have capacity", cur, limit)
+	}
+	seed(t, d, "work")
+	w.Wake()                           // the announcement of the step
+	time.Sleep(100 * time.Millisecond) // the loop tries, finds no capacity, sleeps
+	close(release)
+	if err := <-handoffDone; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the step was not claimed after the Handoff gave its capacity back")
+	}
+}
