@@ -219,8 +219,8 @@ type Worker struct {
 	// wanted records a wake-up that no claim has answered yet. A claim
 	// loop woken while another component's claim holds the free capacity
 	// (a Handoff between its reserve and its giveBack) finds none and
-	// sleeps; the giveBack that frees the capacity then wakes it again,
-	// bulk or not, instead of leaving the steps to PollInterval.
+	// sleeps; the giveBack of the unused reservation then wakes it again,
+	// instead of leaving the steps to PollInterval.
 	wanted atomic.Bool
 	// claimTime and handlerTime average the claim loop's claim
 	// transactions and handler runs; they set the prefetch depth, which
@@ -471,21 +471,23 @@ func (w *Worker) claimLimit() int64 {
 	return max(int64(float64(int64(w.cfg.Concurrency)+w.depth.Load())*w.cfg.LoadShedThreshold), 1)
 }
 
-// giveBack returns n units of claim capacity. A step that settles (n = 1)
-// and takes the in-flight count down to the low-water mark wakes the claim
-// loop. An unused reservation given back in bulk does not: waking the loop
-// for those (the completion processor's, after almost every batch) made it
-// claim a few steps at a time beside the processor's own claims, and a
-// 10,000-step fan-out twice as slow. If a bulk return jumps past the mark
-// while the loop sleeps, the loop waits for the next settled step or for
-// PollInterval, unless a wake-up is still wanted (see Worker.wanted): then
-// any return wakes it.
-func (w *Worker) giveBack(n int64) {
+// giveBack returns n units of claim capacity: a step's that settled, or
+// the part of a claim's reservation it did not use (unused). A step that
+// settles and takes the in-flight count down to the low-water mark wakes
+// the claim loop. An unused reservation given back does not by itself:
+// waking the loop for those (the completion processor's, after almost
+// every batch) made it claim a few steps at a time beside the processor's
+// own claims, and a 10,000-step fan-out twice as slow. It does while a
+// wake-up is still wanted (see Worker.wanted): the loop was woken while
+// this reservation held the capacity, found none, and went back to sleep.
+// A loop that found the capacity taken by running steps is woken by their
+// settling, at the low-water mark.
+func (w *Worker) giveBack(n int64, unused bool) {
 	if n <= 0 {
 		return
 	}
 	low := w.claimLowWater()
-	if v := w.inFlight.Add(-n); (n == 1 && v == low) || w.wanted.Load() {
+	if v := w.inFlight.Add(-n); (n == 1 && v == low) || (unused && w.wanted.Load()) {
 		w.Wake()
 	}
 }
@@ -521,7 +523,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 	w.wanted.Store(false)
 	p := w.claimParams(n)
 	if p.Limit == 0 {
-		w.giveBack(int64(n))
+		w.giveBack(int64(n), true)
 		return 0, false, nil
 	}
 	began := time.Now()
@@ -532,7 +534,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return p, nil
 	})
 	if err != nil {
-		w.giveBack(int64(n))
+		w.giveBack(int64(n), true)
 		return 0, false, err
 	}
 	w.claimTime.observe(time.Since(began))
@@ -543,7 +545,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 // accept hands claimed steps to the dispatcher and returns the unused part
 // of a reservation of reserved slots.
 func (w *Worker) accept(ctx context.Context, claimed []store.ClaimedStep, reserved int) {
-	w.giveBack(int64(reserved - len(claimed)))
+	w.giveBack(int64(reserved-len(claimed)), true)
 	// Every claimed step counts as running before any is dispatched: a
 	// step dispatched first may finish before the next one is handed on,
 	// and the completion processor must see its sibling as running.
@@ -588,7 +590,7 @@ func (w *Worker) execute(c *store.ClaimedStep) {
 			// Freed capacity matters only to a claim loop that found none:
 			// wake it when the count drops to the low-water mark. Waking it
 			// on every step would cost a claim of one step each time.
-			w.giveBack(1)
+			w.giveBack(1, false)
 		}
 	}
 	res := w.runHandler(c, settle) // normally releases the permit before returning
@@ -967,7 +969,7 @@ func (w *Worker) Handoff(ctx context.Context, claim func(store.StepsClaimParams)
 	}
 	claimed, err := claim(w.claimParams(n))
 	if err != nil {
-		w.giveBack(int64(n))
+		w.giveBack(int64(n), true)
 		return err
 	}
 	w.accept(ctx, claimed, n)
