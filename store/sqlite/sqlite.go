@@ -259,7 +259,7 @@ func (d *Driver) Reader() store.Executor { return d.readExec }
 // its COMMIT run under ctx's values without its cancellation. The SQLite
 // driver watches a cancellable context with a goroutine of its own for
 // every statement (and database/sql with one more per transaction): that
-// was 5–10% of a step's end-to-end latency, for statements that take tens
+// was 3–10% of a step's end-to-end latency, for statements that take tens
 // of microseconds. A statement called with an ended context fails before
 // it runs, and Commit rolls back once ctx has ended, as before; what is no
 // longer interrupted is a statement already running, and the wait for
