@@ -507,7 +507,9 @@ func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 	if len(queues) == 0 {
 		limit = 0
 	}
-	return store.StepsClaimParams{Queues: queues, Limit: limit, Lease: w.cfg.StepLease, Owner: w.cfg.Owner, Now: time.Now()}
+	// No Now: the store stamps the lease when the claim runs, not before a
+	// wait for the (SQLite) writer; an orchestrator's claimFor sets its own.
+	return store.StepsClaimParams{Queues: queues, Limit: limit, Lease: w.cfg.StepLease, Owner: w.cfg.Owner}
 }
 
 // claimOnce claims up to the free capacity and reports how many steps it
@@ -527,12 +529,7 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	began := time.Now()
-	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) {
-		// The lease runs from the claim, not from before a wait for the
-		// (SQLite) writer.
-		p.Now = time.Now()
-		return p, nil
-	})
+	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
 	if err != nil {
 		w.giveBack(int64(n), true)
 		return 0, false, err
