@@ -676,6 +676,49 @@ type SuccessSettler interface {
 	StepsCompleteSettling(ctx context.Context, p StepsCompleteParams) ([]error, map[string]bool, error)
 }
 
+// StepStarter is implemented by transactions that can hand a step they
+// have just found ready straight to a worker: one write takes it from
+// pending (or waiting_for_retry) to in_progress, recording both
+// transitions (enqueue, then start), and its message is inserted already
+// leased. That is what an enqueue followed by a claim of the same message
+// leaves behind, without the unleased message in between. It is only
+// equivalent when the claim would have picked these steps, so callers
+// first ask QueueReady whether older claimable messages are waiting.
+type StepStarter interface {
+	// QueueReady reports whether any of p.Queues holds a visible,
+	// unleased message: one that a claim would take before the new steps.
+	QueueReady(ctx context.Context, p QueueReadyParams) (bool, error)
+	// StepsStart starts p.Steps for p.Owner, in order. A step that is no
+	// longer in its From state fails it with ErrStateConflict. The
+	// returned steps carry their leased message; their TaskName, Version
+	// and TaskContext are left for the caller, which holds the task.
+	StepsStart(ctx context.Context, p StepsStartParams) ([]ClaimedStep, error)
+}
+
+// QueueReadyParams names the queues QueueReady looks at.
+type QueueReadyParams struct {
+	Queues []string
+	Now    time.Time
+}
+
+// StepsStartParams starts steps without a claim (see StepStarter).
+type StepsStartParams struct {
+	Steps []StepStart
+	Lease time.Duration
+	Owner string
+	// Now stamps the transitions, the attempt and the lease; zero means
+	// the time the statements run.
+	Now time.Time
+}
+
+// StepStart is one step for StepsStart.
+type StepStart struct {
+	UUID, TaskUUID string
+	From           string // pending or waiting_for_retry
+	Queue          string
+	Priority       int
+}
+
 // CompleteAndLoader is implemented by transactions that can run
 // CompleteAndLoad in fewer round trips than its parts.
 type CompleteAndLoader interface {

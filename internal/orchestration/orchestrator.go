@@ -176,6 +176,9 @@ type Orchestrator struct {
 
 	// incrementalAbove is IncrementalThreshold when New ran.
 	incrementalAbove int
+	// noDirectStart makes every ready step go through the queue, also
+	// where the store could start it (see starter).
+	noDirectStart bool
 
 	life sync.Mutex
 	stop context.CancelFunc
@@ -213,6 +216,9 @@ type effects struct {
 	// snapshots are the tasks this transaction settled, as it left them,
 	// where it knew all of their steps.
 	snapshots map[string]*TaskSnapshot
+	// start, while the transaction ends with a claim for a worker in this
+	// process, may start the steps it makes ready (see inTxClaim).
+	start *starter
 }
 
 func newEffects() *effects {
@@ -398,11 +404,8 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim
 		return nil, nil, nil, err
 	}
 	eff := newEffects()
-	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
-		if err := o.insert(ctx, tx, n, now, eff); err != nil {
-			return store.StepsClaimParams{}, err
-		}
-		return o.claimFor(claim, now), nil
+	claimed, err := o.inTxClaim(ctx, claim, now, eff, func(tx store.Tx) error {
+		return o.insert(ctx, tx, n, now, eff)
 	})
 	if err != nil {
 		return nil, nil, nil, err
@@ -455,13 +458,13 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 		prepared[i] = n
 	}
 	eff := newEffects()
-	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
+	claimed, err := o.inTxClaim(ctx, claim, now, eff, func(tx store.Tx) error {
 		for i, n := range prepared {
 			if err := o.insert(ctx, tx, n, now, eff); err != nil {
-				return store.StepsClaimParams{}, &BatchError{Index: i, Err: err}
+				return &BatchError{Index: i, Err: err}
 			}
 		}
-		return o.claimFor(claim, now), nil
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -584,8 +587,18 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 		byUUID[steps[i].UUID] = i
 	}
 	var msgs []store.QueueMessageInsert
+	var direct []store.StepStart
+	queue := store.WorkerQueue(task.Namespace)
 	for _, id := range sum.Ready {
 		s := &steps[byUUID[id]]
+		take, err := eff.start.take(ctx, queue, now)
+		if err != nil {
+			return fmt.Errorf("enqueue step %s of task %s: %w", s.Name, task.UUID, err)
+		}
+		if take {
+			direct = append(direct, store.StepStart{UUID: s.UUID, TaskUUID: task.UUID, From: s.State, Queue: queue, Priority: task.Priority})
+			continue
+		}
 		if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true,
 			UUID: s.UUID, From: s.State, To: string(state.StepEnqueued), Event: string(state.StepEventEnqueue),
 			SetNextRetryAt: true, Now: now,
@@ -593,8 +606,18 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 			return fmt.Errorf("enqueue step %s of task %s: %w", s.Name, task.UUID, err)
 		}
 		s.State = string(state.StepEnqueued)
-		msgs = append(msgs, store.QueueMessageInsert{Queue: store.WorkerQueue(task.Namespace), TaskUUID: task.UUID,
+		msgs = append(msgs, store.QueueMessageInsert{Queue: queue, TaskUUID: task.UUID,
 			StepUUID: s.UUID, Priority: task.Priority})
+	}
+	if len(direct) > 0 {
+		started, err := eff.start.start(ctx, task, direct, o.claimFor(store.StepsClaimParams{}, now).Now)
+		if err != nil {
+			return err
+		}
+		for _, c := range started {
+			s := &steps[byUUID[c.StepUUID]]
+			s.State, s.Attempts = string(state.StepInProgress), c.Attempt
+		}
 	}
 	if len(msgs) > 0 {
 		if err := tx.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now}); err != nil {
@@ -602,7 +625,7 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 		}
 		eff.namespaces[task.Namespace] = struct{}{}
 	}
-	return o.settle(ctx, tx, task, cur, sum, len(msgs) > 0, now, eff)
+	return o.settle(ctx, tx, task, cur, sum, len(msgs)+len(direct) > 0, now, eff)
 }
 
 // settle moves a task, whose row tx locks and which was in state cur, to
@@ -906,7 +929,7 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 	eff := newEffects()
 	var refused []error
 	now := o.cfg.Now()
-	claimed, err := store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
+	claimed, err := o.inTxClaim(ctx, claim, now, eff, func(tx store.Tx) error {
 		// Lock the tasks first, in a fixed order, as every orchestration
 		// transaction does, so that concurrent transactions on the same
 		// tasks wait for each other instead of deadlocking.
@@ -918,7 +941,7 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 			Tasks: sortedKeys(ids), Completions: completions, Now: now,
 			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove, SettleSuccesses: true})
 		if err != nil {
-			return store.StepsClaimParams{}, err
+			return err
 		}
 		refused, eff.settled = loaded.Refused, loaded.Settled
 		byTask := map[string]map[string]bool{}
@@ -936,18 +959,18 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 				task := loaded.Tasks[id]
 				t, err := o.templates.Get(ctx, task.Namespace, task.Name, task.Version)
 				if err != nil {
-					return store.StepsClaimParams{}, fmt.Errorf("task %s: %w", id, err)
+					return fmt.Errorf("task %s: %w", id, err)
 				}
 				if err := o.processLargeTask(ctx, tx, task, t, byTask[id], now, eff); err != nil {
-					return store.StepsClaimParams{}, err
+					return err
 				}
 				continue
 			}
 			if err := o.processLockedTask(ctx, tx, loaded.Tasks[id], loaded.Steps[id], byTask[id], now, eff); err != nil {
-				return store.StepsClaimParams{}, err
+				return err
 			}
 		}
-		return o.claimFor(claim, now), nil
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err

@@ -84,6 +84,7 @@ var cases = []struct {
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 	{"CompleteAndLoad", testCompleteAndLoad},
+	{"StepsStart", testStepsStart},
 
 	{"EventsInsertAfter", testEventsInsertAfter},
 	{"EventsDefaultLimit", testEventsDefaultLimit},
