@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,15 @@ type cell struct {
 	rate              float64
 	// riverDefault adds untuned River for context.
 	riverDefault bool
+	// also is a closed-loop cell measured in the same engine runs, its
+	// workflows alternating one by one with this cell's, so that two
+	// cells whose ratio is a target see the same machine: this one's
+	// speed drifts by 20-40% over minutes.
+	also *cell
 }
+
+// alsoPrefix marks the figures of a cell's also cell in a run's figures.
+const alsoPrefix = "also:"
 
 func plan(quick bool) []cell {
 	size := func(full, q int) int {
@@ -49,10 +58,10 @@ func plan(quick bool) []cell {
 		{workload: "latency", variant: "open10", shape: shapeSingle, mode: openLoopMode, rate: 10, n: size(200, 20), riverDefault: true},
 		{workload: "latency", variant: "open100", shape: shapeSingle, mode: openLoopMode, rate: 100, n: size(2000, 200)},
 		{workload: "latency", variant: "open1000", shape: shapeSingle, mode: openLoopMode, rate: 1000, n: size(10000, 1000)},
-		// The two c1 cells run back to back: the diamond target is their
-		// ratio, and this machine's speed drifts over minutes.
-		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 150)},
-		{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 150)},
+		// The two c1 cells run together, workflow by workflow: the diamond
+		// target is their ratio.
+		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 200),
+			also: &cell{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 200)}},
 		{workload: "linear4", variant: "open50", shape: shapeLinear4, mode: openLoopMode, rate: 50, n: size(1000, 100), riverDefault: true},
 		{workload: "linear4", variant: "burn", shape: shapeLinear4, mode: burnDownMode, n: size(5000, 300)},
 		{workload: "diamond4", variant: "open50", shape: shapeDiamond4, mode: openLoopMode, rate: 50, n: size(1000, 100)},
@@ -91,6 +100,10 @@ func (h *harness) cell(ctx context.Context, c cell, store string) []*result {
 	for _, e := range engines {
 		values[e] = map[string][]float64{}
 		out[e] = &result{workload: c.workload, variant: c.variant, store: store, engine: e}
+		if c.also != nil {
+			values[alsoPrefix+e] = map[string][]float64{}
+			out[alsoPrefix+e] = &result{workload: c.also.workload, variant: c.also.variant, store: store, engine: e}
+		}
 	}
 	for rep := 0; rep < h.opts.reps; rep++ {
 		for _, e := range engines {
@@ -107,12 +120,28 @@ func (h *harness) cell(ctx context.Context, c cell, store string) []*result {
 			r.reps++
 			r.samples = samples
 			for k, v := range m {
+				if ak, ok := strings.CutPrefix(k, alsoPrefix); ok {
+					values[alsoPrefix+e][ak] = append(values[alsoPrefix+e][ak], v)
+					continue
+				}
 				values[e][k] = append(values[e][k], v)
+			}
+			if a := out[alsoPrefix+e]; a != nil {
+				a.reps, a.samples = r.reps, samples
 			}
 		}
 	}
+	keys := slices.Clone(engines)
+	if c.also != nil {
+		for _, e := range engines {
+			if out[e].err != "" {
+				out[alsoPrefix+e].err = out[e].err
+			}
+			keys = append(keys, alsoPrefix+e)
+		}
+	}
 	var results []*result
-	for _, e := range engines {
+	for _, e := range keys {
 		r := out[e]
 		r.med, r.min, r.max = map[string]float64{}, map[string]float64{}, map[string]float64{}
 		for k, vs := range values[e] {
@@ -133,6 +162,9 @@ func (h *harness) cell(ctx context.Context, c cell, store string) []*result {
 func (h *harness) run(parent context.Context, c cell, store, engineName string) (map[string]float64, int, error) {
 	h.runs++
 	cfg := engineConfig{sqlite: store == "sqlite", workers: h.opts.workers, pool: h.opts.pool, shapes: []shape{c.shape}, rec: newRecorder()}
+	if c.also != nil {
+		cfg.shapes = append(cfg.shapes, c.also.shape)
+	}
 	family := "tasker"
 	if engineName != "tasker" {
 		family = "river"
@@ -291,22 +323,39 @@ func drive(ctx context.Context, c cell, eng engine, rec *recorder) (map[string]f
 		if err := eng.start(ctx); err != nil {
 			return nil, 0, err
 		}
-		var flows []flow
-		for i := -3; i < c.n; i++ { // three untimed warm-up workflows
-			key, err := eng.submit(ctx, c.shape)
-			if err != nil {
-				return nil, 0, err
-			}
-			f, err := rec.wait(ctx, key)
-			if err != nil {
-				return nil, 0, err
-			}
-			if i >= 0 {
-				flows = append(flows, f)
+		// With an also cell, its workflows alternate with this cell's.
+		cells := []cell{c}
+		if c.also != nil {
+			cells = append(cells, *c.also)
+		}
+		flows := make([][]flow, len(cells))
+		for i := -3; i < c.n; i++ { // three untimed warm-up workflows each
+			for j, cc := range cells {
+				if i >= cc.n {
+					continue
+				}
+				key, err := eng.submit(ctx, cc.shape)
+				if err != nil {
+					return nil, 0, err
+				}
+				f, err := rec.wait(ctx, key)
+				if err != nil {
+					return nil, 0, err
+				}
+				if i >= 0 {
+					flows[j] = append(flows[j], f)
+				}
 			}
 		}
-		latencies(m, flows, c.shape.steps() == 1)
-		return m, len(flows), nil
+		latencies(m, flows[0], c.shape.steps() == 1)
+		if c.also != nil {
+			am := map[string]float64{}
+			latencies(am, flows[1], c.also.shape.steps() == 1)
+			for k, v := range am {
+				m[alsoPrefix+k] = v
+			}
+		}
+		return m, len(flows[0]), nil
 
 	case openLoopMode:
 		if err := eng.start(ctx); err != nil {

@@ -141,30 +141,42 @@ func run(ctx context.Context, o options) error {
 	c1 := map[string]float64{}
 	var ratios []string
 	for _, c := range plan(o.quick) {
-		if !slices.Contains(o.workloads, c.workload) {
+		if !slices.Contains(o.workloads, c.workload) && (c.also == nil || !slices.Contains(o.workloads, c.also.workload)) {
 			continue
 		}
 		for _, store := range o.stores {
-			results := h.cell(ctx, c, store)
-			if c.variant == "c1" && !o.json {
-				for _, r := range results {
-					if r.engine == "tasker" && r.med["p50_ms"] > 0 {
-						c1[c.workload+"/"+store] = r.med["p50_ms"]
+			all := h.cell(ctx, c, store)
+			cells := []cell{c}
+			if c.also != nil {
+				cells = append(cells, *c.also)
+			}
+			for _, cc := range cells {
+				var results []*result
+				for _, r := range all {
+					if r.workload == cc.workload && r.variant == cc.variant {
+						results = append(results, r)
 					}
 				}
-				if l, d := c1["linear4/"+store], c1["diamond4/"+store]; c.workload == "diamond4" && l > 0 && d > 0 {
-					ratios = append(ratios, fmt.Sprintf("# tasker diamond4/linear4 c1 p50 on %s: %.2f (%.3g / %.3g ms; target <= 0.8)", store, d/l, d, l))
+				if cc.variant == "c1" && !o.json {
+					for _, r := range results {
+						if r.engine == "tasker" && r.med["p50_ms"] > 0 {
+							c1[cc.workload+"/"+store] = r.med["p50_ms"]
+						}
+					}
+				}
+				if o.json {
+					enc := json.NewEncoder(os.Stdout)
+					for _, r := range results {
+						if err := enc.Encode(r.jsonObject()); err != nil {
+							return err
+						}
+					}
+				} else {
+					printCell(os.Stdout, cc, store, results)
 				}
 			}
-			if o.json {
-				enc := json.NewEncoder(os.Stdout)
-				for _, r := range results {
-					if err := enc.Encode(r.jsonObject()); err != nil {
-						return err
-					}
-				}
-			} else {
-				printCell(os.Stdout, c, store, results)
+			if l, d := c1["linear4/"+store], c1["diamond4/"+store]; c.also != nil && l > 0 && d > 0 {
+				ratios = append(ratios, fmt.Sprintf("# tasker diamond4/linear4 c1 p50 on %s: %.2f (%.3g / %.3g ms; target <= 0.8)", store, d/l, d, l))
 			}
 		}
 	}
