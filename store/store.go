@@ -429,6 +429,17 @@ type StepsClaimParams struct {
 	Lease  time.Duration
 	Owner  string
 	Now    time.Time
+	// Start are steps the claiming transaction found ready and has not
+	// enqueued: at most Limit, each bound for one of Queues. When none of
+	// Queues holds a visible, unleased message, the claim takes them
+	// first, directly: one write moves each from its From state to
+	// in_progress, recording the enqueue and start transitions, and its
+	// message is inserted already leased, which is what enqueueing it and
+	// claiming it would leave. Otherwise they are enqueued (From →
+	// enqueued, an unleased message) and the claim takes what waits
+	// longest, by priority, as always. A Start step no longer in its From
+	// state fails the claim with ErrStateConflict.
+	Start []StepStart
 }
 
 // ClaimedStep is a step a worker now owns, with what its handler needs.
@@ -676,47 +687,17 @@ type SuccessSettler interface {
 	StepsCompleteSettling(ctx context.Context, p StepsCompleteParams) ([]error, map[string]bool, error)
 }
 
-// StepStarter is implemented by transactions that can hand a step they
-// have just found ready straight to a worker: one write takes it from
-// pending (or waiting_for_retry) to in_progress, recording both
-// transitions (enqueue, then start), and its message is inserted already
-// leased. That is what an enqueue followed by a claim of the same message
-// leaves behind, without the unleased message in between. It is only
-// equivalent when the claim would have picked these steps, so callers
-// first ask QueueReady whether older claimable messages are waiting.
-type StepStarter interface {
-	// QueueReady reports whether any of p.Queues holds a visible,
-	// unleased message: one that a claim would take before the new steps.
-	QueueReady(ctx context.Context, p QueueReadyParams) (bool, error)
-	// StepsStart starts p.Steps for p.Owner, in order. A step that is no
-	// longer in its From state fails it with ErrStateConflict. The
-	// returned steps carry their leased message; their TaskName, Version
-	// and TaskContext are left for the caller, which holds the task.
-	StepsStart(ctx context.Context, p StepsStartParams) ([]ClaimedStep, error)
-}
-
-// QueueReadyParams names the queues QueueReady looks at.
-type QueueReadyParams struct {
-	Queues []string
-	Now    time.Time
-}
-
-// StepsStartParams starts steps without a claim (see StepStarter).
-type StepsStartParams struct {
-	Steps []StepStart
-	Lease time.Duration
-	Owner string
-	// Now stamps the transitions, the attempt and the lease; zero means
-	// the time the statements run.
-	Now time.Time
-}
-
-// StepStart is one step for StepsStart.
+// StepStart is a step that the transaction claiming for a worker has
+// just found ready (see StepsClaimParams.Start), with what its handler
+// needs of its task.
 type StepStart struct {
 	UUID, TaskUUID string
 	From           string // pending or waiting_for_retry
 	Queue          string
 	Priority       int
+	// The task's, handed on in the ClaimedStep.
+	TaskName, Version string
+	TaskContext       json.RawMessage
 }
 
 // CompleteAndLoader is implemented by transactions that can run

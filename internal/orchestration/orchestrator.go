@@ -591,12 +591,9 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 	queue := store.WorkerQueue(task.Namespace)
 	for _, id := range sum.Ready {
 		s := &steps[byUUID[id]]
-		take, err := eff.start.take(ctx, queue, now)
-		if err != nil {
-			return fmt.Errorf("enqueue step %s of task %s: %w", s.Name, task.UUID, err)
-		}
-		if take {
+		if eff.start.take(queue) {
 			direct = append(direct, store.StepStart{UUID: s.UUID, TaskUUID: task.UUID, From: s.State, Queue: queue, Priority: task.Priority})
+			s.State = string(state.StepEnqueued) // or in_progress, once the claim has run
 			continue
 		}
 		if err := tx.StepTransition(ctx, store.StepTransitionParams{Deferred: true,
@@ -610,14 +607,10 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 			StepUUID: s.UUID, Priority: task.Priority})
 	}
 	if len(direct) > 0 {
-		started, err := eff.start.start(ctx, task, direct, o.claimFor(store.StepsClaimParams{}, now).Now)
-		if err != nil {
-			return err
-		}
-		for _, c := range started {
-			s := &steps[byUUID[c.StepUUID]]
-			s.State, s.Attempts = string(state.StepInProgress), c.Attempt
-		}
+		eff.start.add(task, direct)
+		// Should the claim find a backlog and enqueue them, the worker
+		// is woken for them (see claimed).
+		eff.namespaces[task.Namespace] = struct{}{}
 	}
 	if len(msgs) > 0 {
 		if err := tx.QueueSend(ctx, store.QueueSendParams{Messages: msgs, Now: now}); err != nil {

@@ -1,7 +1,10 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,6 +90,14 @@ func orNow(t time.Time) time.Time {
 		return time.Now()
 	}
 	return t
+}
+
+// randomToken is a fresh lease token made here, like newToken's: 32
+// random hex digits.
+func randomToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func utcPtr(t *time.Time) *time.Time {
@@ -772,14 +783,154 @@ func (e *executor) StepsClaim(ctx context.Context, p store.StepsClaimParams) ([]
 	if len(p.Queues) == 0 || p.Limit <= 0 {
 		return nil, nil
 	}
+	var started []store.ClaimedStep
+	if len(p.Start) > 0 {
+		p.Now = orNow(p.Now)
+		start := e.startStmt(p)
+		rows, err := e.query(ctx, start.sql, start.args...)
+		if started, err = start.read(rows, err); err != nil {
+			return nil, err
+		}
+	}
 	s := claimStmt(p)
 	rows, err := e.query(ctx, s.sql, s.args...)
-	return collectClaimed(p, rows, err)
+	claimed, err := collectClaimed(p, rows, err)
+	if err != nil {
+		return nil, err
+	}
+	return append(started, claimed...), nil
+}
+
+// startSteps starts p.Start directly, or enqueues them when a claim would
+// take older messages first (see store.StepsClaimParams.Start), in one
+// statement: the guarded update of the steps, their messages (leased, or
+// not), their history, and the notification of the queues when they were
+// enqueued. Its one row carries the guard (which fails the statement with
+// TK409 unless every step was in its From state), the notifications and
+// the started steps as JSON. Every part is in that row's select list, so
+// it runs whether or not any step was started.
+const startSteps = `WITH backlog AS MATERIALIZED (
+		SELECT EXISTS (SELECT 1 FROM tasker_queue WHERE queue = ANY($1) AND visible_at <= $2 AND lease_token IS NULL) AS b
+	), cand AS (
+		SELECT c.*, NOT (SELECT b FROM backlog) AS direct
+		FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
+			WITH ORDINALITY AS c(step_uuid, task_uuid, from_state, queue, priority, token, ord)
+	), began AS (
+		UPDATE tasker_steps s SET state = CASE WHEN c.direct THEN 'in_progress' ELSE 'enqueued' END,
+			attempts = s.attempts + CASE WHEN c.direct THEN 1 ELSE 0 END,
+			last_attempted_at = CASE WHEN c.direct THEN $2 ELSE s.last_attempted_at END,
+			updated_at = $2, completed_at = NULL, next_retry_at = NULL
+		FROM cand c WHERE s.step_uuid = c.step_uuid AND s.state = c.from_state
+		RETURNING c.ord, c.direct, c.from_state, c.queue, c.priority, c.token, s.step_uuid, s.task_uuid, s.name, s.namespace,
+			s.callable, s.attempts, s.max_attempts
+	), sent AS (
+		INSERT INTO tasker_queue (queue, task_uuid, step_uuid, priority, visible_at, enqueued_at, lease_token, lease_owner,
+			lease_expires_at, read_count)
+		SELECT b.queue, b.task_uuid, b.step_uuid, b.priority, $2, $2, CASE WHEN b.direct THEN b.token END,
+			CASE WHEN b.direct THEN $3 END, CASE WHEN b.direct THEN $4::timestamptz END, CASE WHEN b.direct THEN 1 ELSE 0 END
+		FROM began b ORDER BY b.ord
+		RETURNING id, step_uuid
+	), history AS (
+		INSERT INTO tasker_step_transitions (step_uuid, from_state, to_state, event, metadata, sort_key, created_at)
+		SELECT b.step_uuid, v.from_state, v.to_state, v.event, v.metadata, k.k + v.n, $2
+		FROM began b
+		CROSS JOIN LATERAL (SELECT COALESCE(MAX(t.sort_key), 0) AS k FROM tasker_step_transitions t WHERE t.step_uuid = b.step_uuid) k
+		CROSS JOIN LATERAL (VALUES (1, b.from_state, 'enqueued', 'enqueue', NULL::jsonb),
+			(2, 'enqueued', 'in_progress', 'start', jsonb_build_object('worker', $3::text, 'attempt', b.attempts)))
+			AS v(n, from_state, to_state, event, metadata)
+		WHERE v.n = 1 OR b.direct
+	)
+	SELECT (SELECT count(*) FROM (SELECT tasker_expect_count((SELECT count(*) FROM began), cardinality($5::text[]), 'start steps')) g),
+		(SELECT count(pg_notify(ch, $12)) FROM unnest($11::text[]) AS ch WHERE (SELECT b FROM backlog)),
+		(SELECT json_agg(json_build_object('step', b.step_uuid, 'id', m.id, 'name', b.name, 'namespace', b.namespace,
+			'callable', b.callable, 'attempts', b.attempts, 'max', b.max_attempts) ORDER BY b.ord)
+		 FROM began b JOIN sent m ON m.step_uuid = b.step_uuid WHERE b.direct)`
+
+// startStmt is a stmt with the reader of its row.
+type startStmt struct {
+	stmt
+	read func(pgx.Rows, error) ([]store.ClaimedStep, error)
+}
+
+// startStmt is the statement that starts p.Start for a claim (see
+// startSteps); claimStmt then claims only what is left of p.Limit.
+func (e *executor) startStmt(p store.StepsClaimParams) startStmt {
+	n := len(p.Start)
+	steps, tasks, from, queues, tokens := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	prio := make([]int32, n)
+	var notify []string
+	for i, st := range p.Start {
+		steps[i], tasks[i], from[i], queues[i], prio[i] = st.UUID, st.TaskUUID, st.From, st.Queue, int32(st.Priority)
+		tokens[i] = randomToken()
+		if !slices.Contains(notify, st.Queue) {
+			notify = append(notify, st.Queue)
+		}
+	}
+	until := p.Now.Add(p.Lease)
+	read := func(rows pgx.Rows, err error) ([]store.ClaimedStep, error) {
+		if err != nil {
+			return nil, fmt.Errorf("start steps: %w", mapErr(err))
+		}
+		defer rows.Close()
+		var guard, notified int64
+		var raw []byte
+		if !rows.Next() {
+			if err := rows.Err(); err != nil {
+				return nil, fmt.Errorf("start steps: %w", mapErr(err))
+			}
+			return nil, fmt.Errorf("start steps: no result row")
+		}
+		if err := rows.Scan(&guard, &notified, &raw); err != nil {
+			return nil, fmt.Errorf("start steps: %w", mapErr(err))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("start steps: %w", mapErr(err))
+		}
+		if raw == nil {
+			return nil, nil // enqueued behind the backlog
+		}
+		var got []struct {
+			Step, Name, Namespace, Callable string
+			ID                              int64
+			Attempts, Max                   int
+		}
+		if err := json.Unmarshal(raw, &got); err != nil {
+			return nil, fmt.Errorf("start steps: %w", err)
+		}
+		out := make([]store.ClaimedStep, 0, len(got))
+		for _, g := range got {
+			i := slices.Index(steps, g.Step)
+			if i < 0 {
+				return nil, fmt.Errorf("start steps: step %s was not asked for", g.Step)
+			}
+			st := p.Start[i]
+			out = append(out, store.ClaimedStep{StepUUID: g.Step, TaskUUID: st.TaskUUID, StepName: g.Name, Namespace: g.Namespace,
+				TaskName: st.TaskName, Version: st.Version, Callable: g.Callable, Attempt: g.Attempts, MaxAttempts: g.Max,
+				TaskContext: bytes.Clone(st.TaskContext),
+				Message: store.QueueMessage{ID: g.ID, Queue: st.Queue, TaskUUID: st.TaskUUID, StepUUID: g.Step, LeaseToken: tokens[i],
+					LeaseOwner: p.Owner, ReadCount: 1, EnqueuedAt: p.Now.UTC(), LeaseUntil: utcPtr(&until)}})
+		}
+		return out, nil
+	}
+	return startStmt{stmt: stmt{sql: forQueues(p.Queues, startSteps), args: []any{queuesArg(p.Queues), p.Now, p.Owner, until,
+		steps, tasks, from, queues, prio, tokens, e.queueChannels(notify), e.instance}}, read: read}
 }
 
 // claimStmt is the statement that claims p's steps.
 func claimStmt(p store.StepsClaimParams) stmt {
 	now := orNow(p.Now)
+	if len(p.Start) > 0 {
+		// After startStmt: the steps it started are leased messages of
+		// the claim's queues now, and count against the Limit.
+		steps := make([]string, len(p.Start))
+		for i, st := range p.Start {
+			steps[i] = st.UUID
+		}
+		return stmt{sql: forQueues(p.Queues, strings.Replace(claimSteps, "LIMIT $3", `LIMIT GREATEST($3 - (SELECT count(*)
+			FROM tasker_queue WHERE step_uuid = ANY($6::text[]) AND lease_owner = $4 AND lease_token IS NOT NULL), 0)`, 1)),
+			args: []any{queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease), steps}}
+	}
 	return stmt{sql: forQueues(p.Queues, claimSteps), args: []any{queuesArg(p.Queues), now, p.Limit, p.Owner, now.Add(p.Lease)}}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -172,26 +173,32 @@ func (p *pipeTx) Commit(ctx context.Context) error {
 // outside a transaction block (one statement commits on its own), or
 // nothing at all.
 func (p *pipeTx) commitWith(ctx context.Context, s *stmt, read func(pgx.Rows, error) error) error {
+	if s == nil {
+		return p.commitAll(ctx, nil, nil)
+	}
+	return p.commitAll(ctx, []stmt{*s}, []func(pgx.Rows, error) error{read})
+}
+
+// commitAll is commitWith for several statements, each with its reader.
+func (p *pipeTx) commitAll(ctx context.Context, ss []stmt, reads []func(pgx.Rows, error) error) error {
 	if p.done {
 		return errTxDone
 	}
 	defer p.release()
-	if !p.begun && len(p.pending) == 0 {
-		if s == nil {
+	if !p.begun && len(p.pending) == 0 && len(ss) <= 1 {
+		if len(ss) == 0 {
 			return nil
 		}
-		rows, err := p.conn.Query(ctx, s.sql, s.args...)
-		return read(rows, err)
+		rows, err := p.conn.Query(ctx, ss[0].sql, ss[0].args...)
+		return reads[0](rows, err)
 	}
-	stmts := []stmt{{sql: "commit"}}
-	if s != nil {
-		stmts = []stmt{*s, {sql: "commit"}}
-	}
-	br, err := p.send(ctx, stmts...)
+	br, err := p.send(ctx, append(slices.Clone(ss), stmt{sql: "commit"})...)
 	if err == nil {
-		if s != nil {
+		for i := range ss {
 			rows, qerr := br.Query()
-			err = read(rows, qerr)
+			if err = reads[i](rows, qerr); err != nil {
+				break
+			}
 		}
 		if err == nil {
 			_, err = br.Exec()

@@ -235,17 +235,28 @@ func (t *txExec) Commit() error {
 // transaction that sent nothing yet sends the claim alone, which commits
 // on its own (the claim is one statement).
 func (t *txExec) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
-	var claimed []store.ClaimedStep
-	claim := claimStmt(p)
-	err := t.tx.commitWith(ctx, &claim, func(rows pgx.Rows, err error) error {
+	var started, claimed []store.ClaimedStep
+	var ss []stmt
+	var reads []func(pgx.Rows, error) error
+	if len(p.Start) > 0 {
+		p.Now = orNow(p.Now)
+		start := t.startStmt(p)
+		ss = append(ss, start.stmt)
+		reads = append(reads, func(rows pgx.Rows, err error) error {
+			started, err = start.read(rows, err)
+			return err
+		})
+	}
+	ss = append(ss, claimStmt(p))
+	reads = append(reads, func(rows pgx.Rows, err error) error {
 		claimed, err = collectClaimed(p, rows, mapErr(err))
 		return err
 	})
-	if err != nil {
+	if err := t.tx.commitAll(ctx, ss, reads); err != nil {
 		return nil, fmt.Errorf("postgres: claim and commit: %w", mapErr(err))
 	}
 	t.d.analyze.grew(t.d, t.grown)
-	return claimed, nil
+	return append(started, claimed...), nil
 }
 
 // rollbackTimeout bounds a rollback, which must run even when the

@@ -276,7 +276,7 @@ func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
 		return nil, fmt.Errorf("sqlite: begin: %w", mapErr(err))
 	}
 	t := &txExec{tx: tx, conn: conn, d: d, begin: ctx}
-	t.executor = executor{q: tx, stmt: t.stmt, ctx: bg}
+	t.executor = executor{q: tx, stmt: t.stmt, ctx: bg, sent: map[string]bool{}}
 	return t, nil
 }
 

@@ -84,7 +84,7 @@ var cases = []struct {
 	{"StepsComplete", testStepsComplete},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 	{"CompleteAndLoad", testCompleteAndLoad},
-	{"StepsStart", testStepsStart},
+	{"StepsClaimStart", testStepsClaimStart},
 
 	{"EventsInsertAfter", testEventsInsertAfter},
 	{"EventsDefaultLimit", testEventsDefaultLimit},
