@@ -60,8 +60,8 @@ func plan(quick bool) []cell {
 		{workload: "latency", variant: "open1000", shape: shapeSingle, mode: openLoopMode, rate: 1000, n: size(10000, 1000)},
 		// The two c1 cells run together, workflow by workflow: the diamond
 		// target is their ratio.
-		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 200),
-			also: &cell{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 200)}},
+		{workload: "linear4", variant: "c1", shape: shapeLinear4, mode: closedLoopMode, n: size(1000, 100),
+			also: &cell{workload: "diamond4", variant: "c1", shape: shapeDiamond4, mode: closedLoopMode, n: size(1000, 100)}},
 		{workload: "linear4", variant: "open50", shape: shapeLinear4, mode: openLoopMode, rate: 50, n: size(1000, 100), riverDefault: true},
 		{workload: "linear4", variant: "burn", shape: shapeLinear4, mode: burnDownMode, n: size(5000, 300)},
 		{workload: "diamond4", variant: "open50", shape: shapeDiamond4, mode: openLoopMode, rate: 50, n: size(1000, 100)},
