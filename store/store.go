@@ -695,9 +695,13 @@ type StepStart struct {
 	From           string // pending or waiting_for_retry
 	Queue          string
 	Priority       int
-	// The task's, handed on in the ClaimedStep.
-	TaskName, Version string
-	TaskContext       json.RawMessage
+	// The step as the transaction read it (Attempts before this start),
+	// and its task's name, version and context: what the ClaimedStep
+	// carries, so that a store need not read it back.
+	Name, Namespace, Callable string
+	Attempts, MaxAttempts     int
+	TaskName, Version         string
+	TaskContext               json.RawMessage
 }
 
 // CompleteAndLoader is implemented by transactions that can run

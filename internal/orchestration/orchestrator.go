@@ -592,7 +592,9 @@ func (o *Orchestrator) evaluate(ctx context.Context, tx store.Tx, task *store.Ta
 	for _, id := range sum.Ready {
 		s := &steps[byUUID[id]]
 		if eff.start.take(queue) {
-			direct = append(direct, store.StepStart{UUID: s.UUID, TaskUUID: task.UUID, From: s.State, Queue: queue, Priority: task.Priority})
+			direct = append(direct, store.StepStart{UUID: s.UUID, TaskUUID: task.UUID, From: s.State, Queue: queue,
+				Priority: task.Priority, Name: s.Name, Namespace: task.Namespace, Callable: s.Callable, Attempts: s.Attempts,
+				MaxAttempts: s.MaxAttempts})
 			s.State = string(state.StepEnqueued) // or in_progress, once the claim has run
 			continue
 		}

@@ -32,6 +32,7 @@ func testStepsClaimStart(s *suite) {
 		var out []store.StepStart
 		for _, n := range names {
 			out = append(out, store.StepStart{UUID: ids[n], TaskUUID: task, From: "pending", Queue: queue,
+				Name: n, Namespace: "billing", Callable: "billing." + n, MaxAttempts: 3,
 				TaskName: "invoice", Version: "1.2.0", TaskContext: taskCtx})
 		}
 		return out
