@@ -846,15 +846,16 @@ const startSteps = `WITH backlog AS MATERIALIZED (
 			'callable', b.callable, 'attempts', b.attempts, 'max', b.max_attempts) ORDER BY b.ord)
 		 FROM began b JOIN sent m ON m.step_uuid = b.step_uuid WHERE b.direct)`
 
-// startStmt is a stmt with the reader of its row.
-type startStmt struct {
+// startQuery is the statement of a direct start with the reader of its
+// row.
+type startQuery struct {
 	stmt
 	read func(pgx.Rows, error) ([]store.ClaimedStep, error)
 }
 
 // startStmt is the statement that starts p.Start for a claim (see
 // startSteps); claimStmt then claims only what is left of p.Limit.
-func (e *executor) startStmt(p store.StepsClaimParams) startStmt {
+func (e *executor) startStmt(p store.StepsClaimParams) startQuery {
 	n := len(p.Start)
 	steps, tasks, from, queues, tokens := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	prio := make([]int32, n)
@@ -913,7 +914,7 @@ func (e *executor) startStmt(p store.StepsClaimParams) startStmt {
 		}
 		return out, nil
 	}
-	return startStmt{stmt: stmt{sql: forQueues(p.Queues, startSteps), args: []any{queuesArg(p.Queues), p.Now, p.Owner, until,
+	return startQuery{stmt: stmt{sql: forQueues(p.Queues, startSteps), args: []any{queuesArg(p.Queues), p.Now, p.Owner, until,
 		steps, tasks, from, queues, prio, tokens, e.queueChannels(notify), e.instance}}, read: read}
 }
 
