@@ -56,3 +56,28 @@ func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, 
 	}
 	return out, nil
 }
+
+// createMany writes the tasks of ps in one transaction, for CreateTask
+// calls that share it (see createQueue): a request refused before anything
+// is written gets its error at its position in refused, and the others
+// are created; an identity collision fails the transaction with a
+// *BatchError naming the request.
+func (e *Engine) createMany(ctx context.Context, ps []orchestration.CreateTaskParams) (tasks []*Task, refused []error, err error) {
+	var created []orchestration.CreatedTask
+	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+		var claimed []store.ClaimedStep
+		var err error
+		created, refused, claimed, err = e.orch.CreateTasksEach(ctx, ps, claim)
+		return claimed, err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	tasks = make([]*Task, len(created))
+	for i, c := range created {
+		if c.Task != nil {
+			tasks[i] = taskFrom(c.Task, c.Summary)
+		}
+	}
+	return tasks, refused, nil
+}

@@ -50,6 +50,8 @@ type Engine struct {
 	started       bool
 	closed        bool
 
+	creates *createQueue // CreateTask calls sharing transactions under load
+
 	waitMu  sync.Mutex
 	waiters map[string]map[chan taskSignal]struct{}
 
@@ -110,6 +112,12 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		namespaces:    map[string]bool{},
 		subscriptions: map[string]int{},
 		waiters:       map[string]map[chan taskSignal]struct{}{},
+	}
+	// SQLite has one writer: a second creating transaction would only wait
+	// for it, so calls wait in the queue instead and share the next one.
+	e.creates = &createQueue{limit: 2, one: e.createOne, many: e.createMany}
+	if kind == "sqlite" {
+		e.creates.limit = 1
 	}
 	for _, ns := range cfg.Namespaces {
 		e.namespaces[ns] = true
@@ -455,11 +463,16 @@ func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error)
 	if err != nil {
 		return nil, err
 	}
+	return e.creates.create(ctx, p)
+}
+
+// createOne writes one task in a transaction of its own.
+func (e *Engine) createOne(ctx context.Context, p orchestration.CreateTaskParams) (*Task, error) {
 	var (
 		row *store.TaskRow
 		sum orchestration.Summary
 	)
-	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	err := e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
 		var claimed []store.ClaimedStep
 		var err error
 		row, _, sum, claimed, err = e.orch.CreateTaskAndClaim(ctx, p, claim)

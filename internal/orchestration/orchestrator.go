@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -439,8 +440,33 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // worker in this process in the same transaction.
 func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 	claim store.StepsClaimParams) ([]CreatedTask, []store.ClaimedStep, error) {
+	created, refused, claimed, err := o.createTasks(ctx, ps, claim, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, err := range refused {
+		if err != nil {
+			return nil, nil, &BatchError{Index: i, Err: err}
+		}
+	}
+	return created, claimed, nil
+}
+
+// CreateTasksEach is CreateTasks for requests answered one by one: a
+// refused request (unknown template, invalid context, missing idempotency
+// key, an identity collision with a stored task or an earlier request)
+// gets its error in refused, at its position, and the others are created
+// in one transaction. created has nil Task for the refused requests.
+func (o *Orchestrator) CreateTasksEach(ctx context.Context, ps []CreateTaskParams,
+	claim store.StepsClaimParams) (created []CreatedTask, refused []error, claimed []store.ClaimedStep, err error) {
+	return o.createTasks(ctx, ps, claim, true)
+}
+
+func (o *Orchestrator) createTasks(ctx context.Context, ps []CreateTaskParams,
+	claim store.StepsClaimParams, each bool) ([]CreatedTask, []error, []store.ClaimedStep, error) {
 	now := o.cfg.Now()
 	prepared := make([]*newTask, len(ps))
+	refused := make([]error, len(ps))
 	// Requests of a batch usually name one template: resolve each name
 	// (and its latest version) once per batch.
 	resolved := map[[3]string]string{}
@@ -453,26 +479,45 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 		}
 		n, err := o.prepareTask(ctx, p, now)
 		if err != nil {
-			return nil, nil, &BatchError{Index: i, Err: err}
+			refused[i] = err
+			if !each {
+				return nil, refused, nil, nil
+			}
+			continue
 		}
 		prepared[i] = n
+	}
+	if !slices.ContainsFunc(prepared, func(n *newTask) bool { return n != nil }) {
+		return make([]CreatedTask, len(ps)), refused, nil, nil
 	}
 	eff := newEffects()
 	claimed, err := o.inTxClaim(ctx, claim, now, eff, func(tx store.Tx) error {
 		for i, n := range prepared {
+			if n == nil {
+				continue
+			}
 			if err := o.insert(ctx, tx, n, now, eff); err != nil {
+				if each && errors.Is(err, ErrDuplicateTask) {
+					// Its task row was the first write and was refused:
+					// nothing of it is written, and the rest goes on.
+					refused[i], prepared[i] = err, nil
+					continue
+				}
 				return &BatchError{Index: i, Err: err}
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	o.claimed(claim, claimed, eff)
 	o.announce(eff)
 	out := make([]CreatedTask, len(prepared))
 	for i, n := range prepared {
+		if n == nil {
+			continue
+		}
 		markStarted(n.steps, claimed, now)
 		views := make([]StepView, len(n.steps))
 		for j, s := range n.steps {
@@ -480,7 +525,7 @@ func (o *Orchestrator) CreateTasks(ctx context.Context, ps []CreateTaskParams,
 		}
 		out[i] = CreatedTask{Task: n.task, Steps: n.steps, Summary: Evaluate(views, now)}
 	}
-	return out, claimed, nil
+	return out, refused, claimed, nil
 }
 
 // claimFor is the claim of steps for a worker in this process that ends an
