@@ -457,7 +457,11 @@ func (e *Engine) ancestors(t *template.Template, step string) map[string]bool {
 // CreateTask creates a task from a template and enqueues its ready steps,
 // in one transaction. It returns ErrTemplateNotFound, ErrInvalidContext,
 // ErrIdempotencyKeyRequired or ErrDuplicateTask (errors.Is) for requests it
-// refuses; nothing is stored then.
+// refuses; nothing is stored then. Concurrent calls may share a
+// transaction (see createQueue); each is answered as if written alone. A
+// call whose ctx ends while a shared transaction with its task is being
+// written returns ctx's error, and its task may still be created, as
+// after any cancellation once a write was sent.
 func (e *Engine) CreateTask(ctx context.Context, req TaskRequest) (*Task, error) {
 	p, err := createParams(req)
 	if err != nil {
