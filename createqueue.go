@@ -3,8 +3,10 @@ package tasker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tasker-go/tasker/internal/orchestration"
 )
@@ -47,6 +49,7 @@ type createCall struct {
 	// write the waiting calls; gone once it returned early, its context
 	// ended while a batch with it was being written.
 	lead, gone bool
+	answered   atomic.Bool // wake was sent an answer
 }
 
 // create writes p's task, alone or with the calls waiting beside it.
@@ -101,6 +104,20 @@ func (q *createQueue) lead(leader *createCall) {
 	batch := append([]*createCall{leader}, q.waiting[:n]...)
 	q.waiting = slices.Clone(q.waiting[n:])
 	q.mu.Unlock()
+	defer func() {
+		// A panic while writing leaves no call waiting for an answer that
+		// will not come (an HTTP server, say, survives it and keeps
+		// calling); it goes on up the leader's own call.
+		if p := recover(); p != nil {
+			for _, c := range batch {
+				if c != leader && c.answered.CompareAndSwap(false, true) {
+					c.err = fmt.Errorf("tasker: create task: panic while writing a shared transaction: %v", p)
+					c.wake <- struct{}{}
+				}
+			}
+			panic(p)
+		}
+	}()
 	for len(batch) > 0 {
 		rest := q.live(q.write(leader, batch))
 		if len(rest) > 0 && !slices.Contains(rest, leader) {
@@ -188,7 +205,7 @@ func refusal(err error) bool {
 // answer wakes a call of the leader's batch; the leader reads its own
 // answer when lead returns.
 func (q *createQueue) answer(leader, c *createCall) {
-	if c != leader {
+	if c != leader && c.answered.CompareAndSwap(false, true) {
 		c.wake <- struct{}{}
 	}
 }

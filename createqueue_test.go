@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +29,8 @@ type fakeCreates struct {
 	// a fault in the batch's first insert does.
 	fail      error
 	failFirst bool
+	// panicMany makes many panic.
+	panicMany bool
 	// entered gets a value each time one or many starts.
 	entered chan struct{}
 }
@@ -65,6 +68,9 @@ func (f *fakeCreates) one(ctx context.Context, p orchestration.CreateTaskParams)
 func (f *fakeCreates) many(ctx context.Context, ps []orchestration.CreateTaskParams) ([]*Task, []error, error) {
 	if err := f.wait(ctx); err != nil {
 		return nil, nil, err
+	}
+	if f.panicMany {
+		panic("many broke")
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -365,6 +371,37 @@ func TestCreateQueueUnderLoad(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("calls still waiting after 10s")
+	}
+	if q.running != 0 || len(q.waiting) != 0 {
+		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
+	}
+}
+
+// TestCreateQueuePanic: a panic while writing a shared transaction fails
+// the other calls of the batch instead of leaving them waiting, goes on up
+// the leading call, and leaves the queue working.
+func TestCreateQueuePanic(t *testing.T) {
+	f := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10), panicMany: true}
+	q := f.queue(1)
+	out := writeFirst(q, f)
+	led := make(chan any, 1)
+	go func() {
+		defer func() { led <- recover() }()
+		q.create(context.Background(), orchestration.CreateTaskParams{Reason: "b"})
+	}()
+	waitFor(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return len(q.waiting) == 1 })
+	rest := startCreates(t, context.Background(), q, "c")
+	close(f.hold)
+	collectOutcomes(t, out, 1)
+	if p := <-led; p != "many broke" {
+		t.Fatalf("leading call b: recovered %v, want the panic", p)
+	}
+	if o := collectOutcomes(t, rest, 1)["c"]; o.err == nil || !strings.Contains(o.err.Error(), "panic") {
+		t.Fatalf("call c of the panicking batch: err %v, want an error naming the panic", o.err)
+	}
+	f.panicMany = false
+	if task, err := q.create(context.Background(), orchestration.CreateTaskParams{Reason: "d"}); err != nil || task.UUID != "task-d" {
+		t.Fatalf("after the panic: task %v, err %v", task, err)
 	}
 	if q.running != 0 || len(q.waiting) != 0 {
 		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
