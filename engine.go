@@ -52,6 +52,8 @@ type Engine struct {
 
 	creates *createQueue // CreateTask calls sharing transactions under load
 
+	polls *waitPoller // reads back waited-for tasks that no signal announces
+
 	waitMu  sync.Mutex
 	waiters map[string]map[chan taskSignal]struct{}
 
@@ -115,6 +117,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	// SQLite has one writer: a second creating transaction would only wait
 	// for it, so calls wait in the queue instead and share the next one.
+	e.polls = newWaitPoller(e)
 	e.creates = &createQueue{limit: 2, one: e.createOne, many: e.createMany}
 	if kind == "sqlite" {
 		e.creates.limit = 1
@@ -621,7 +624,8 @@ func transitions(rows []store.TransitionRow) []Transition {
 // WaitTask blocks until the task reaches a terminal state (complete, error,
 // cancelled, resolved_manually) or blocked_by_failures, and returns it. It
 // honours ctx. In a started engine it wakes on the commit that settles the
-// task; otherwise it polls.
+// task; otherwise (another process settles it) the engine's poller finds
+// it, reading every waited-for task in one read (see waitPoller).
 func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	ch := make(chan taskSignal, 1)
 	e.waitMu.Lock()
@@ -638,9 +642,10 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 		}
 		e.waitMu.Unlock()
 	}()
-	poll := 20 * time.Millisecond
-	// announced is the state the last wake-up announced (empty after a
-	// timeout). The task row alone says whether the task is settled, and
+	e.polls.add(taskUUID)
+	defer e.polls.remove(taskUUID)
+	// announced is the state the last wake-up announced (empty when the
+	// poller could not tell). The task row alone says whether the task is settled, and
 	// its steps, which may be thousands, are read once it is; when the
 	// wake-up already says so, both are read at once, which saves a round
 	// trip on the way out of every WaitTask.
@@ -683,18 +688,12 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 		if early != nil {
 			<-early.done // the task moved on again: the steps read are moot
 		}
-		timer := time.NewTimer(poll)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
 			return nil, context.Cause(ctx)
 		case sig := <-ch:
 			announced, snap = sig.state, sig.snap
-		case <-timer.C:
-			announced, snap = "", nil
-			poll = min(poll*2, 250*time.Millisecond)
 		}
-		timer.Stop()
 	}
 }
 

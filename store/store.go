@@ -69,6 +69,7 @@ type Executor interface {
 	TaskInsert(ctx context.Context, p TaskInsertParams) error
 	TaskGet(ctx context.Context, p TaskGetParams) (*TaskRow, error)
 	TaskList(ctx context.Context, p TaskListParams) ([]TaskRow, error)
+	TaskStates(ctx context.Context, p TaskStatesParams) (map[string]string, error)
 	TaskTransition(ctx context.Context, p TaskTransitionParams) error
 	TaskTransitions(ctx context.Context, p TaskTransitionsParams) ([]TransitionRow, error)
 
@@ -173,6 +174,12 @@ type TaskGetParams struct {
 
 // TaskListParams filters tasks. Empty fields match everything; Limit 0 means
 // 100. Results are ordered newest first.
+// TaskStatesParams names tasks whose states TaskStates reads, by UUID;
+// tasks that do not exist are left out of its answer.
+type TaskStatesParams struct {
+	UUIDs []string
+}
+
 type TaskListParams struct {
 	Namespace, Name string
 	States          []string

@@ -298,6 +298,26 @@ func taskFilter(a *args, namespace, name string, states []string) string {
 	return q
 }
 
+func (e *executor) TaskStates(ctx context.Context, p store.TaskStatesParams) (map[string]string, error) {
+	out := make(map[string]string, len(p.UUIDs))
+	if len(p.UUIDs) == 0 {
+		return out, nil
+	}
+	rows, err := e.query(ctx, `SELECT task_uuid, state FROM tasker_tasks WHERE task_uuid = ANY($1)`, p.UUIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read task states: %w", mapErr(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, st string
+		if err := rows.Scan(&id, &st); err != nil {
+			return nil, fmt.Errorf("read task states: %w", mapErr(err))
+		}
+		out[id] = st
+	}
+	return out, mapErr(rows.Err())
+}
+
 func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]store.TaskRow, error) {
 	limit := p.Limit
 	if limit <= 0 {

@@ -266,6 +266,32 @@ func (e *executor) TaskGet(ctx context.Context, p store.TaskGetParams) (*store.T
 	return r, nil
 }
 
+func (e *executor) TaskStates(ctx context.Context, p store.TaskStatesParams) (map[string]string, error) {
+	out := make(map[string]string, len(p.UUIDs))
+	if len(p.UUIDs) == 0 {
+		return out, nil
+	}
+	// One statement text whatever the number of tasks, so that it is
+	// prepared once.
+	ids, err := json.Marshal(p.UUIDs)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := e.query(ctx, `SELECT task_uuid, state FROM tasker_tasks WHERE task_uuid IN (SELECT value FROM json_each(?))`, string(ids))
+	if err != nil {
+		return nil, fmt.Errorf("read task states: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, st string
+		if err := rows.Scan(&id, &st); err != nil {
+			return nil, fmt.Errorf("read task states: %w", mapErr(err))
+		}
+		out[id] = st
+	}
+	return out, mapErr(rows.Err())
+}
+
 func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]store.TaskRow, error) {
 	limit := p.Limit
 	if limit <= 0 {

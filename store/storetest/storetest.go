@@ -54,6 +54,7 @@ var cases = []struct {
 	{"TaskIdentity", testTaskIdentity},
 	{"TaskList", testTaskList},
 	{"TaskListDefaultLimit", testTaskListDefaultLimit},
+	{"TaskStates", testTaskStates},
 	{"TaskTransition", testTaskTransition},
 	{"TaskTransitionCompletedAt", testTaskTransitionCompletedAt},
 	{"TaskTransitionPath", testTaskTransitionPath},

@@ -252,6 +252,29 @@ func testTaskList(s *suite) {
 	}
 }
 
+func testTaskStates(s *suite) {
+	a := s.newTask(store.TaskInsertParams{Namespace: "ns", Name: "a", State: "pending"})
+	b := s.newTask(store.TaskInsertParams{Namespace: "ns", Name: "b", State: "complete"})
+	c := s.newTask(store.TaskInsertParams{Namespace: "ns", Name: "c", State: "error"})
+	for _, tc := range []struct {
+		ids  []string
+		want map[string]string
+	}{
+		{nil, map[string]string{}},
+		{[]string{a}, map[string]string{a: "pending"}},
+		{[]string{b, c, "no-such-task"}, map[string]string{b: "complete", c: "error"}},
+		{[]string{a, b, c, a}, map[string]string{a: "pending", b: "complete", c: "error"}},
+	} {
+		got, err := s.r().TaskStates(s.ctx, store.TaskStatesParams{UUIDs: tc.ids})
+		if err != nil {
+			s.t.Fatalf("TaskStates %v: %v", tc.ids, err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			s.t.Errorf("TaskStates %v = %v, want %v", tc.ids, got, tc.want)
+		}
+	}
+}
+
 func testTaskListDefaultLimit(s *suite) {
 	s.tx(func(tx store.Tx) error {
 		for i := range 105 {

@@ -1,0 +1,135 @@
+package tasker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tasker-go/tasker/state"
+	"github.com/tasker-go/tasker/store"
+)
+
+// How often a task that WaitTask waits for is read back, for the changes
+// no in-process signal announces (another process settled it): first
+// after waitPollFirst, then twice as long each time, up to waitPollMax.
+const (
+	waitPollFirst = 20 * time.Millisecond
+	waitPollMax   = 250 * time.Millisecond
+)
+
+// waitPoller reads back the tasks that WaitTask calls wait for, all those
+// due in one read. A poll per waiter had made every waiter read on its
+// own: under a load that made tasks slow to finish, a thousand waiters
+// issued tens of thousands of reads a second, which slowed the tasks
+// further; now a tick costs one read however many wait.
+type waitPoller struct {
+	e *Engine
+
+	mu      sync.Mutex
+	tasks   map[string]*pollSchedule
+	running bool          // the loop runs while any task is waited for
+	kick    chan struct{} // a task was added: look at the schedule again
+}
+
+type pollSchedule struct {
+	waiters int
+	every   time.Duration
+	next    time.Time
+}
+
+func newWaitPoller(e *Engine) *waitPoller {
+	return &waitPoller{e: e, tasks: map[string]*pollSchedule{}, kick: make(chan struct{}, 1)}
+}
+
+// add schedules task for reading until remove is called as often.
+func (p *waitPoller) add(task string) {
+	p.mu.Lock()
+	s := p.tasks[task]
+	if s == nil {
+		s = &pollSchedule{every: waitPollFirst, next: time.Now().Add(waitPollFirst)}
+		p.tasks[task] = s
+	}
+	s.waiters++
+	start := !p.running
+	p.running = true
+	p.mu.Unlock()
+	if start {
+		go p.loop()
+		return
+	}
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *waitPoller) remove(task string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.tasks[task]; s != nil {
+		if s.waiters--; s.waiters <= 0 {
+			delete(p.tasks, task)
+		}
+	}
+}
+
+// loop reads the due tasks, wakes the waiters of those that settled, and
+// sleeps until the next is due; it ends when no task is waited for.
+func (p *waitPoller) loop() {
+	timer := time.NewTimer(waitPollFirst)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		var due []string
+		p.mu.Lock()
+		if len(p.tasks) == 0 {
+			p.running = false
+			p.mu.Unlock()
+			return
+		}
+		next := now.Add(waitPollMax)
+		for id, s := range p.tasks {
+			// A task due within half its interval is read now, with the
+			// ones that are due: waiters that started a few milliseconds
+			// apart share their reads from then on.
+			if !s.next.After(now.Add(s.every / 2)) {
+				due = append(due, id)
+				s.every = min(2*s.every, waitPollMax)
+				s.next = now.Add(s.every)
+			}
+			if s.next.Before(next) {
+				next = s.next
+			}
+		}
+		p.mu.Unlock()
+		for len(due) > 0 {
+			n := min(len(due), MaxCreateBatch)
+			p.check(due[:n])
+			due = due[n:]
+		}
+		// Reset leaves no stale tick in the channel (Go 1.23 timers).
+		timer.Reset(time.Until(next))
+		select {
+		case <-timer.C:
+		case <-p.kick:
+		}
+	}
+}
+
+// check reads the states of ids and wakes the waiters of those settled.
+// When the read fails, every waiter of ids is woken to read for itself,
+// and so to return the error, as a waiter that polled on its own did.
+func (p *waitPoller) check(ids []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	states, err := p.e.driver.Reader().TaskStates(ctx, store.TaskStatesParams{UUIDs: ids})
+	for _, id := range ids {
+		st, ok := states[id]
+		switch {
+		case err != nil || !ok:
+			p.e.signalTask(id, taskSignal{})
+		case state.TaskState(st).Settled():
+			p.e.signalTask(id, taskSignal{state: state.TaskState(st)})
+		}
+	}
+}

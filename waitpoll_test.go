@@ -1,0 +1,142 @@
+package tasker
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tasker-go/tasker/store"
+)
+
+// countingReader counts TaskStates reads and the most tasks one read
+// asked for.
+type countingReader struct {
+	store.Executor
+	reads, most atomic.Int32
+}
+
+func (c *countingReader) TaskStates(ctx context.Context, p store.TaskStatesParams) (map[string]string, error) {
+	c.reads.Add(1)
+	for n := int32(len(p.UUIDs)); ; {
+		m := c.most.Load()
+		if n <= m || c.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return c.Executor.TaskStates(ctx, p)
+}
+
+type countingDriver struct {
+	store.Driver
+	r *countingReader
+}
+
+func (d countingDriver) Reader() store.Executor { return d.r }
+
+const waitPollYAML = `
+name: held
+namespace_name: poll
+version: 1.0.0
+identity_strategy: always_unique
+steps:
+  - name: only
+    handler: {callable: poll.held}
+`
+
+// TestWaitTaskPollsTogether: WaitTask calls on an engine that does not run
+// the tasks (another engine on the same database does) learn that their
+// tasks settled from the engine's poller, which reads the waited-for tasks
+// together: a few reads for fifty waiters, not one per waiter per poll.
+func TestWaitTaskPollsTogether(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tasker.db")
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	client, err := Open(ctx, Config{DatabaseURL: "sqlite://" + path, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	counter := &countingReader{Executor: client.driver.Reader()}
+	client.driver = countingDriver{Driver: client.driver, r: counter}
+	if err := client.RegisterTemplate(ctx, []byte(waitPollYAML)); err != nil {
+		t.Fatal(err)
+	}
+
+	runner, err := Open(ctx, Config{DatabaseURL: "sqlite://" + path, Logger: quiet, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close()
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) }) // before the engines close, should the test fail early
+	runner.Handle("poll.held", HandlerFunc(func(ctx context.Context, _ *StepContext) (any, error) {
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}))
+	if err := runner.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 50
+	ids := make([]string, n)
+	for i := range ids {
+		task, err := client.CreateTask(ctx, TaskRequest{Namespace: "poll", Name: "held"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = task.UUID
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for _, id := range ids {
+		wg.Go(func() {
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			done, err := client.WaitTask(wctx, id)
+			if err == nil && done.State != "complete" {
+				err = &taskStateError{state: done.State}
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	time.Sleep(600 * time.Millisecond) // every waiter is polled a few times
+	releaseOnce.Do(func() { close(release) })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("WaitTask: %v", err)
+	}
+	// Fifty waiters polling on their own for 0.6 s (at 20, 40, 80, 160 ms,
+	// then every 250 ms) would have read about 300 times.
+	reads, most := counter.reads.Load(), counter.most.Load()
+	if reads == 0 || reads >= n/2 {
+		t.Errorf("the poller read %d times for %d waiters over 0.6 s; want the waiters read together, a few times", reads, n)
+	}
+	if most < n/2 {
+		t.Errorf("the largest read asked for %d tasks; want the waiters read together (%d)", most, n)
+	}
+	client.polls.mu.Lock()
+	left := len(client.polls.tasks)
+	client.polls.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d tasks still scheduled after every WaitTask returned", left)
+	}
+}
+
+// taskStateError reports a task that settled in an unexpected state.
+type taskStateError struct{ state string }
+
+func (e *taskStateError) Error() string { return "task ended " + e.state }
