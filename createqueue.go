@@ -167,7 +167,7 @@ func (q *createQueue) write(leader *createCall, batch []*createCall) []*createCa
 			q.answer(leader, c)
 		}
 		return nil
-	case errors.As(err, &be) && be.Index >= 0 && be.Index < len(batch) && refusal(be.Err):
+	case errors.As(err, &be) && be.Index >= 0 && be.Index < len(batch) && orchestration.IsRefusal(be.Err):
 		refused := batch[be.Index]
 		refused.err = be.Err
 		q.answer(leader, refused)
@@ -183,23 +183,12 @@ func (q *createQueue) write(leader *createCall, batch []*createCall) []*createCa
 	for _, c := range batch {
 		if failed != nil {
 			c.err = failed
-		} else if c.task, c.err = q.one(c.ctx, c.p); c.err != nil && !refusal(c.err) && c.ctx.Err() == nil {
+		} else if c.task, c.err = q.one(c.ctx, c.p); c.err != nil && !orchestration.IsRefusal(c.err) && c.ctx.Err() == nil {
 			failed = c.err
 		}
 		q.answer(leader, c)
 	}
 	return nil
-}
-
-// refusal reports whether err is CreateTask refusing its request, rather
-// than the database failing.
-func refusal(err error) bool {
-	for _, r := range []error{ErrDuplicateTask, ErrTemplateNotFound, ErrInvalidContext, ErrIdempotencyKeyRequired} {
-		if errors.Is(err, r) {
-			return true
-		}
-	}
-	return false
 }
 
 // answer wakes a call of the leader's batch; the leader reads its own

@@ -417,6 +417,18 @@ func (o *Orchestrator) createTask(ctx context.Context, p CreateTaskParams, claim
 	return n.task, n.steps, claimed, nil
 }
 
+// IsRefusal reports whether err is a task creation refusing its request
+// (unknown template, invalid context, missing idempotency key, duplicate
+// identity), as opposed to the store failing.
+func IsRefusal(err error) bool {
+	for _, r := range []error{ErrTemplateNotFound, ErrInvalidContext, ErrIdempotencyKeyRequired, ErrDuplicateTask} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
+}
+
 // CreatedTask is one task made by CreateTasks.
 type CreatedTask struct {
 	Task    *store.TaskRow
@@ -482,6 +494,11 @@ func (o *Orchestrator) createTasks(ctx context.Context, ps []CreateTaskParams,
 			refused[i] = err
 			if !each {
 				return nil, refused, nil, nil
+			}
+			if !IsRefusal(err) {
+				// Not the request's fault (the template could not be read,
+				// the context ended): the batch fails, not the request.
+				return nil, nil, nil, err
 			}
 			continue
 		}

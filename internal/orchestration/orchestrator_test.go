@@ -1275,3 +1275,49 @@ func TestHandoffLeaseRunsFromClaim(t *testing.T) {
 		t.Errorf("b's lease ends at %v, want %v: the lease ran from before the wait for the writer", until, freed.Add(lease))
 	}
 }
+
+// TestCreateTasksEach: refused requests are answered at their positions
+// and the others created in the same transaction, an identity taken by an
+// earlier request of the batch included; a failure that is no request's
+// fault (here the caller's context ending before the templates are read)
+// fails the batch instead of being handed to each request as its own.
+func TestCreateTasksEach(t *testing.T) {
+	h := newHarness(t)
+	ps := []CreateTaskParams{
+		{Namespace: testNS, Name: "unique"},
+		{Namespace: testNS, Name: "nope"},
+		{Namespace: testNS, Name: "keyed"},
+		{Namespace: testNS, Name: "keyed", IdempotencyKey: "k1"},
+		{Namespace: testNS, Name: "keyed", IdempotencyKey: "k1"},
+		{Namespace: testNS, Name: "unique", Context: json.RawMessage(`[1]`)},
+	}
+	created, refused, _, err := h.orch.CreateTasksEach(h.ctx, ps, store.StepsClaimParams{})
+	if err != nil {
+		t.Fatalf("CreateTasksEach: %v", err)
+	}
+	want := []error{nil, ErrTemplateNotFound, ErrIdempotencyKeyRequired, nil, ErrDuplicateTask, ErrInvalidContext}
+	for i, w := range want {
+		switch {
+		case w == nil && (refused[i] != nil || created[i].Task == nil):
+			t.Errorf("request %d: refused %v, task %v; want it created", i, refused[i], created[i].Task)
+		case w != nil && (!errors.Is(refused[i], w) || created[i].Task != nil):
+			t.Errorf("request %d: refused %v, task %v; want %v and no task", i, refused[i], created[i].Task, w)
+		}
+	}
+	for _, i := range []int{0, 3} {
+		if got := h.task(created[i].Task.UUID); got.State != string(state.TaskStepsInProcess) {
+			t.Errorf("request %d: stored task in %s, want steps_in_process", i, got.State)
+		}
+	}
+	rows, err := h.d.Reader().TaskList(h.ctx, store.TaskListParams{Namespace: testNS})
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("%d tasks stored (err %v), want the 2 created", len(rows), err)
+	}
+
+	ctx, cancel := context.WithCancel(h.ctx)
+	cancel()
+	created, refused, _, err = h.orch.CreateTasksEach(ctx, ps[:1], store.StepsClaimParams{})
+	if !errors.Is(err, context.Canceled) || created != nil || refused != nil {
+		t.Fatalf("with an ended context: err %v, refused %v; want the batch to fail with context.Canceled", err, refused)
+	}
+}
