@@ -58,10 +58,9 @@ func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, 
 }
 
 // createMany writes the tasks of ps in one transaction, for CreateTask
-// calls that share it (see createQueue): a request refused before anything
-// is written gets its error at its position in refused, and the others
-// are created; an identity collision fails the transaction with a
-// *BatchError naming the request.
+// calls that share it (see createQueue): a refused request (bad input, an
+// identity already taken) gets its error at its position in refused, and
+// the others are created. Any other failure fails the transaction.
 func (e *Engine) createMany(ctx context.Context, ps []orchestration.CreateTaskParams) (tasks []*Task, refused []error, err error) {
 	var created []orchestration.CreatedTask
 	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +32,8 @@ type fakeCreates struct {
 	failFirst bool
 	// panicMany makes many panic.
 	panicMany bool
+	// pause is how long one and many take, so that calls pile up.
+	pause time.Duration
 	// entered gets a value each time one or many starts.
 	entered chan struct{}
 }
@@ -39,8 +42,11 @@ func (f *fakeCreates) wait(ctx context.Context) error {
 	if f.entered != nil {
 		f.entered <- struct{}{}
 	}
+	if f.pause > 0 {
+		time.Sleep(f.pause)
+	}
 	if f.hold == nil {
-		return nil
+		return context.Cause(ctx) // nil while ctx lives
 	}
 	select {
 	case <-f.hold:
@@ -101,7 +107,7 @@ func (f *fakeCreates) many(ctx context.Context, ps []orchestration.CreateTaskPar
 }
 
 func (f *fakeCreates) queue(limit int) *createQueue {
-	return &createQueue{limit: limit, one: f.one, many: f.many}
+	return &createQueue{limit: limit, one: f.one, many: f.many, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
 
 type createOutcome struct {
@@ -144,6 +150,17 @@ func writeFirst(q *createQueue, f *fakeCreates) <-chan createOutcome {
 	}()
 	<-f.entered
 	return out
+}
+
+// waitIdle waits for the queue to have no transaction in flight and no
+// call waiting, as it must once every call has returned.
+func waitIdle(t *testing.T, q *createQueue) {
+	t.Helper()
+	waitFor(t, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.running == 0 && len(q.waiting) == 0
+	})
 }
 
 func waitFor(t *testing.T, cond func() bool) {
@@ -209,9 +226,7 @@ func TestCreateQueueSharesTransactions(t *testing.T) {
 	if fmt.Sprint(f.ones) != "[a]" || fmt.Sprint(f.batches) != "[[b c d]]" {
 		t.Fatalf("ones %v, batches %v; want a alone, then b c d in one batch", f.ones, f.batches)
 	}
-	if q.running != 0 || len(q.waiting) != 0 {
-		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
-	}
+	waitIdle(t, q)
 }
 
 // TestCreateQueueRefusalIsItsOwn: a request the batch refuses gets its own
@@ -281,35 +296,6 @@ func testCreateQueueDatabaseFault(t *testing.T, first bool) {
 	}
 }
 
-// TestCreateQueueLeaderCancelled: when the call leading a batch gives up,
-// it gets its context's error and the others are still written.
-func TestCreateQueueLeaderCancelled(t *testing.T) {
-	f := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10)}
-	q := f.queue(1)
-	out := writeFirst(q, f)
-	leaderCtx, cancel := context.WithCancelCause(context.Background())
-	stop := errors.New("caller went away")
-	led := startCreates(t, leaderCtx, q, "b") // first in line: it leads the next batch
-	rest := startCreates(t, context.Background(), q, "c", "d")
-	f.hold <- struct{}{} // let a finish; b now leads [b c d] and waits in many
-	<-f.entered
-	cancel(stop)
-	if o := collectOutcomes(t, led, 1)["b"]; !errors.Is(o.err, stop) {
-		t.Fatalf("cancelled leader b: task %v, err %v; want its context's cause", o.task, o.err)
-	}
-	close(f.hold)
-	collectOutcomes(t, out, 1)
-	got := collectOutcomes(t, rest, 2)
-	for _, n := range []string{"c", "d"} {
-		if o := got[n]; o.err != nil || o.task.UUID != "task-"+n {
-			t.Errorf("call %s: task %v, err %v; want its own task", n, o.task, o.err)
-		}
-	}
-	if q.running != 0 || len(q.waiting) != 0 {
-		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
-	}
-}
-
 // TestCreateQueueWaiterCancelled: a call whose context ends while it waits
 // for its turn returns at once and is never written.
 func TestCreateQueueWaiterCancelled(t *testing.T) {
@@ -333,24 +319,100 @@ func TestCreateQueueWaiterCancelled(t *testing.T) {
 	}
 }
 
+// TestCreateQueueCancelledInBatch: a call whose context ends while the
+// transaction it shares is being written returns at once, and the others'
+// tasks are still written in that transaction; once every call of a batch
+// has given up, its transaction is cut short, and the queue goes on.
+func TestCreateQueueCancelledInBatch(t *testing.T) {
+	f := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10)}
+	q := f.queue(1)
+	out := writeFirst(q, f)
+	ctxB, cancelB := context.WithCancelCause(context.Background())
+	stop := errors.New("caller went away")
+	b := startCreates(t, ctxB, q, "b")
+	rest := startCreates(t, context.Background(), q, "c", "d")
+	f.hold <- struct{}{} // a finishes; [b c d] is written and waits in many
+	<-f.entered
+	cancelB(stop)
+	if o := collectOutcomes(t, b, 1)["b"]; !errors.Is(o.err, stop) {
+		t.Fatalf("cancelled call b: task %v, err %v; want its context's cause, at once", o.task, o.err)
+	}
+	close(f.hold)
+	collectOutcomes(t, out, 1)
+	got := collectOutcomes(t, rest, 2)
+	for _, n := range []string{"c", "d"} {
+		if o := got[n]; o.err != nil || o.task.UUID != "task-"+n {
+			t.Errorf("call %s: task %v, err %v; want its own task", n, o.task, o.err)
+		}
+	}
+	if fmt.Sprint(f.batches) != "[[b c d]]" {
+		t.Fatalf("batches %v; want [b c d] written once", f.batches)
+	}
+
+	// Every call of the next batch gives up: its write is cut short, and
+	// nothing is written again for calls that have returned.
+	f2 := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10)}
+	q2 := f2.queue(1)
+	out2 := writeFirst(q2, f2)
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := startCreates(t, ctx, q2, "e", "f")
+	f2.hold <- struct{}{}
+	<-f2.entered // [e f] waits in many
+	cancel()
+	collectOutcomes(t, gone, 2)
+	collectOutcomes(t, out2, 1)
+	waitIdle(t, q2)
+	if fmt.Sprint(f2.ones) != "[a]" || fmt.Sprint(f2.batches) != "[]" {
+		t.Fatalf("ones %v, batches %v; want only a written: the abandoned batch cut short, nobody written alone", f2.ones, f2.batches)
+	}
+	close(f2.hold)
+	if task, err := q2.create(context.Background(), orchestration.CreateTaskParams{Reason: "g"}); err != nil || task.UUID != "task-g" {
+		t.Fatalf("after an abandoned batch: task %v, err %v", task, err)
+	}
+}
+
+// TestCreateQueuePanic: a panic while writing a shared transaction fails
+// the batch's calls with an error naming it instead of taking the process
+// down, and leaves the queue working.
+func TestCreateQueuePanic(t *testing.T) {
+	f := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10), panicMany: true}
+	q := f.queue(1)
+	out := writeFirst(q, f)
+	rest := startCreates(t, context.Background(), q, "b", "c")
+	close(f.hold)
+	collectOutcomes(t, out, 1)
+	for n, o := range collectOutcomes(t, rest, 2) {
+		if o.err == nil || !strings.Contains(o.err.Error(), "panic") {
+			t.Errorf("call %s of the panicking batch: err %v, want an error naming the panic", n, o.err)
+		}
+	}
+	f.mu.Lock()
+	f.panicMany = false
+	f.mu.Unlock()
+	waitIdle(t, q)
+	if task, err := q.create(context.Background(), orchestration.CreateTaskParams{Reason: "d"}); err != nil || task.UUID != "task-d" {
+		t.Fatalf("after the panic: task %v, err %v", task, err)
+	}
+}
+
 // TestCreateQueueUnderLoad: many concurrent calls, some refused, some
-// cancelled: every call returns, each with its own task or its own error,
-// and the queue ends empty.
+// cancelled while they wait or while their batch is written: every call
+// returns, each with its own task or its own error, and the queue ends
+// empty and still working.
 func TestCreateQueueUnderLoad(t *testing.T) {
 	refuse := map[string]error{}
-	for i := 0; i < 400; i += 7 {
+	for i := 0; i < 600; i += 7 {
 		refuse[fmt.Sprint(i)] = fmt.Errorf("request %d: %w", i, ErrInvalidContext)
 	}
-	f := &fakeCreates{refuse: refuse}
+	f := &fakeCreates{refuse: refuse, pause: 200 * time.Microsecond}
 	q := f.queue(2)
 	var wg sync.WaitGroup
-	var bad atomic.Int32
-	for i := range 400 {
+	for i := range 600 {
 		wg.Go(func() {
 			name := fmt.Sprint(i)
 			ctx := context.Background()
-			if i%11 == 0 {
-				c, cancel := context.WithTimeout(ctx, time.Duration(i%3)*time.Microsecond)
+			if i%5 == 0 {
+				c, cancel := context.WithTimeout(ctx, time.Duration(i%400)*time.Microsecond)
 				defer cancel()
 				ctx = c
 			}
@@ -360,7 +422,6 @@ func TestCreateQueueUnderLoad(t *testing.T) {
 			case err != nil && refuse[name] != nil && errors.Is(err, ErrInvalidContext):
 			case err != nil && ctx.Err() != nil:
 			default:
-				bad.Add(1)
 				t.Errorf("call %s: task %v, err %v", name, task, err)
 			}
 		})
@@ -369,41 +430,14 @@ func TestCreateQueueUnderLoad(t *testing.T) {
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("calls still waiting after 10s")
+	case <-time.After(20 * time.Second):
+		t.Fatal("calls still waiting after 20s")
 	}
-	if q.running != 0 || len(q.waiting) != 0 {
-		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
+	waitIdle(t, q)
+	if len(f.batches) == 0 {
+		t.Error("no call shared a transaction; want batches under this load")
 	}
-}
-
-// TestCreateQueuePanic: a panic while writing a shared transaction fails
-// the other calls of the batch instead of leaving them waiting, goes on up
-// the leading call, and leaves the queue working.
-func TestCreateQueuePanic(t *testing.T) {
-	f := &fakeCreates{hold: make(chan struct{}), entered: make(chan struct{}, 10), panicMany: true}
-	q := f.queue(1)
-	out := writeFirst(q, f)
-	led := make(chan any, 1)
-	go func() {
-		defer func() { led <- recover() }()
-		q.create(context.Background(), orchestration.CreateTaskParams{Reason: "b"})
-	}()
-	waitFor(t, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return len(q.waiting) == 1 })
-	rest := startCreates(t, context.Background(), q, "c")
-	close(f.hold)
-	collectOutcomes(t, out, 1)
-	if p := <-led; p != "many broke" {
-		t.Fatalf("leading call b: recovered %v, want the panic", p)
-	}
-	if o := collectOutcomes(t, rest, 1)["c"]; o.err == nil || !strings.Contains(o.err.Error(), "panic") {
-		t.Fatalf("call c of the panicking batch: err %v, want an error naming the panic", o.err)
-	}
-	f.panicMany = false
-	if task, err := q.create(context.Background(), orchestration.CreateTaskParams{Reason: "d"}); err != nil || task.UUID != "task-d" {
-		t.Fatalf("after the panic: task %v, err %v", task, err)
-	}
-	if q.running != 0 || len(q.waiting) != 0 {
-		t.Fatalf("queue left with %d running, %d waiting", q.running, len(q.waiting))
+	if task, err := q.create(context.Background(), orchestration.CreateTaskParams{Reason: "after"}); err != nil || task.UUID != "task-after" {
+		t.Fatalf("after the load: task %v, err %v", task, err)
 	}
 }

@@ -118,7 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	// SQLite has one writer: a second creating transaction would only wait
 	// for it, so calls wait in the queue instead and share the next one.
 	e.polls = newWaitPoller(e)
-	e.creates = &createQueue{limit: 2, one: e.createOne, many: e.createMany}
+	e.creates = &createQueue{limit: 2, one: e.createOne, many: e.createMany, log: e.log}
 	if kind == "sqlite" {
 		e.creates.limit = 1
 	}

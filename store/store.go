@@ -172,14 +172,14 @@ type TaskGetParams struct {
 	ForUpdate bool
 }
 
-// TaskListParams filters tasks. Empty fields match everything; Limit 0 means
-// 100. Results are ordered newest first.
 // TaskStatesParams names tasks whose states TaskStates reads, by UUID;
 // tasks that do not exist are left out of its answer.
 type TaskStatesParams struct {
 	UUIDs []string
 }
 
+// TaskListParams filters tasks. Empty fields match everything; Limit 0 means
+// 100. Results are ordered newest first.
 type TaskListParams struct {
 	Namespace, Name string
 	States          []string
