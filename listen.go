@@ -138,11 +138,11 @@ func (e *Engine) stopListening() {
 }
 
 // listenTopics is what this process reacts to: its worker queues, queued
-// results and durable events.
+// results, durable events and tasks settled by other processes.
 func (e *Engine) listenTopics() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	topics := []string{store.OrchestrationQueue, store.EventsTopic}
+	topics := []string{store.OrchestrationQueue, store.EventsTopic, store.TasksSettledTopic}
 	if e.cfg.hasRole(RoleWorker) {
 		for ns := range e.namespaces {
 			topics = append(topics, store.WorkerQueue(ns))
@@ -160,6 +160,8 @@ func (e *Engine) onNotify(topic string) {
 		e.orch.WakeResults()
 	case topic == store.EventsTopic:
 		e.events.WakeRelays()
+	case topic == store.TasksSettledTopic:
+		e.polls.checkAll()
 	}
 }
 
@@ -168,6 +170,7 @@ func (e *Engine) catchUp() {
 	e.wakeWorker()
 	e.orch.WakeResults()
 	e.events.WakeRelays()
+	e.polls.checkAll()
 }
 
 func (e *Engine) wakeWorker() {

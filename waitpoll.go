@@ -24,12 +24,24 @@ const (
 // further; now a tick costs one read however many wait.
 type waitPoller struct {
 	e *Engine
+	// first and most bound the interval between two reads of a task
+	// (waitPollFirst, waitPollMax; tests lengthen them).
+	first, most time.Duration
 
 	mu      sync.Mutex
 	tasks   map[string]*pollSchedule
 	running bool          // the loop runs while any task is waited for
-	kick    chan struct{} // a task was added: look at the schedule again
+	kick    chan struct{} // a task was added, or all are due: look again
+	// all asks the loop to read every waited-for task at once: another
+	// process settled some task (a notification said so).
+	all     bool
+	lastAll time.Time
 }
+
+// waitAllGap is the shortest time between two reads of every waited-for
+// task that notifications ask for: a busy cluster settles tasks hundreds
+// of times a second.
+const waitAllGap = 10 * time.Millisecond
 
 type pollSchedule struct {
 	waiters int
@@ -38,7 +50,7 @@ type pollSchedule struct {
 }
 
 func newWaitPoller(e *Engine) *waitPoller {
-	return &waitPoller{e: e, tasks: map[string]*pollSchedule{}, kick: make(chan struct{}, 1)}
+	return &waitPoller{e: e, first: waitPollFirst, most: waitPollMax, tasks: map[string]*pollSchedule{}, kick: make(chan struct{}, 1)}
 }
 
 // add schedules task for reading until remove is called as often.
@@ -46,7 +58,7 @@ func (p *waitPoller) add(task string) {
 	p.mu.Lock()
 	s := p.tasks[task]
 	if s == nil {
-		s = &pollSchedule{every: waitPollFirst, next: time.Now().Add(waitPollFirst)}
+		s = &pollSchedule{every: p.first, next: time.Now().Add(p.first)}
 		p.tasks[task] = s
 	}
 	s.waiters++
@@ -57,6 +69,22 @@ func (p *waitPoller) add(task string) {
 		go p.loop()
 		return
 	}
+	p.poke()
+}
+
+// checkAll has every waited-for task read at once (within waitAllGap).
+func (p *waitPoller) checkAll() {
+	p.mu.Lock()
+	if !p.running {
+		p.mu.Unlock()
+		return // nobody waits
+	}
+	p.all = true
+	p.mu.Unlock()
+	p.poke()
+}
+
+func (p *waitPoller) poke() {
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -76,25 +104,32 @@ func (p *waitPoller) remove(task string) {
 // loop reads the due tasks, wakes the waiters of those that settled, and
 // sleeps until the next is due; it ends when no task is waited for.
 func (p *waitPoller) loop() {
-	timer := time.NewTimer(waitPollFirst)
+	timer := time.NewTimer(p.first)
 	defer timer.Stop()
 	for {
 		now := time.Now()
 		var due []string
 		p.mu.Lock()
 		if len(p.tasks) == 0 {
-			p.running = false
+			p.running, p.all = false, false
 			p.mu.Unlock()
 			return
 		}
-		next := now.Add(waitPollMax)
+		all := p.all && now.Sub(p.lastAll) >= waitAllGap
+		if all {
+			p.all, p.lastAll = false, now
+		}
+		next := now.Add(p.most)
+		if p.all {
+			next = p.lastAll.Add(waitAllGap)
+		}
 		for id, s := range p.tasks {
 			// A task due within half its interval is read now, with the
 			// ones that are due: waiters that started a few milliseconds
 			// apart share their reads from then on.
-			if !s.next.After(now.Add(s.every / 2)) {
+			if all || !s.next.After(now.Add(s.every/2)) {
 				due = append(due, id)
-				s.every = min(2*s.every, waitPollMax)
+				s.every = min(2*s.every, p.most)
 				s.next = now.Add(s.every)
 			}
 			if s.next.Before(next) {

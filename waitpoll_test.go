@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/store/postgres/pgtest"
 )
 
 // countingReader counts TaskStates reads and the most tasks one read
@@ -142,3 +143,91 @@ func TestWaitTaskPollsTogether(t *testing.T) {
 type taskStateError struct{ state string }
 
 func (e *taskStateError) Error() string { return "task ended " + e.state }
+
+// TestWaitTaskWokenByOtherProcess (PostgreSQL): a started engine waiting
+// for tasks that another engine runs learns that they settled from the
+// notification the settling transaction sends, not from its polls, which
+// here are minutes apart.
+func TestWaitTaskWokenByOtherProcess(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	open := func(cfg Config) *Engine {
+		cfg.DatabaseURL, cfg.PostgresSchema, cfg.Logger = url, schema, quiet
+		e, err := Open(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	// The waiting engine runs but handles nothing, so its wake-ups can
+	// only come from the other engine; its own polls would come after the
+	// test's deadline.
+	waiter := open(Config{Roles: []Role{RoleOrchestrator}})
+	waiter.polls.first, waiter.polls.most = 10*time.Minute, 10*time.Minute
+	if err := waiter.RegisterTemplate(ctx, []byte(waitPollYAML)); err != nil {
+		t.Fatal(err)
+	}
+	if err := waiter.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runner := open(Config{PollInterval: 20 * time.Millisecond})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	runner.Handle("poll.held", HandlerFunc(func(ctx context.Context, _ *StepContext) (any, error) {
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}))
+	if err := runner.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	var ids []string
+	for range 3 {
+		task, err := waiter.CreateTask(ctx, TaskRequest{Namespace: "poll", Name: "held"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, task.UUID)
+	}
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() {
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			done, err := waiter.WaitTask(wctx, id)
+			if err != nil {
+				t.Errorf("WaitTask %s: %v (the notification of its settling did not wake it)", id, err)
+			} else if done.State != "complete" {
+				t.Errorf("WaitTask %s: task ended %s", id, done.State)
+			}
+		})
+	}
+	// Every waiter has made its first read and waits for a signal.
+	waitForCond(t, func() bool {
+		waiter.polls.mu.Lock()
+		defer waiter.polls.mu.Unlock()
+		return len(waiter.polls.tasks) == len(ids)
+	})
+	releaseOnce.Do(func() { close(release) })
+	wg.Wait()
+}
+
+func waitForCond(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

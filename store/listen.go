@@ -9,6 +9,12 @@ import (
 // events. Queue topics are queue names (WorkerQueue, OrchestrationQueue).
 const EventsTopic = "durable_events"
 
+// TasksSettledTopic is the Listener topic that signals a committed
+// transaction that settled one or more tasks (a terminal state or
+// blocked_by_failures): a process waiting for tasks another process runs
+// reads them back then instead of at its next poll.
+const TasksSettledTopic = "tasks_settled"
+
 // Listener is implemented by drivers that can push a signal to other
 // processes when queue messages or durable events are committed
 // (PostgreSQL's LISTEN/NOTIFY). Drivers without it are polled; signals
@@ -29,7 +35,7 @@ type Listener interface {
 
 // ListenParams configures Listener.Listen.
 type ListenParams struct {
-	// Topics are queue names and EventsTopic.
+	// Topics are queue names, EventsTopic and TasksSettledTopic.
 	Topics []string
 	// OnNotify is called with the topic of each signal. It must not block.
 	OnNotify func(topic string)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/tasker-go/tasker/state"
 	"github.com/tasker-go/tasker/store"
 )
 
@@ -37,6 +38,9 @@ type executor struct {
 	instance string
 	// grown, in a transaction, counts the steps it inserts (analyze.go).
 	grown *int64
+	// settled, in a transaction, announces to other processes that tasks
+	// were settled, once it has committed (see settledNotifier).
+	settled func()
 }
 
 func (e *executor) exec(ctx context.Context, q string, args ...any) (pgconn.CommandTag, error) {
@@ -336,6 +340,9 @@ func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]stor
 
 func (e *executor) TaskTransition(ctx context.Context, p store.TaskTransitionParams) error {
 	p.Now = orNow(p.Now)
+	if pt, ok := e.q.(*pipeTx); ok && e.settled != nil && state.TaskState(p.Final()).Settled() {
+		pt.afterCommit = e.settled
+	}
 	if pt, ok := e.q.(*pipeTx); ok && p.Deferred {
 		pt.queueSet(newTaskMoves(p))
 		return nil

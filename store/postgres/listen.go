@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -147,3 +148,60 @@ func (d *Driver) listenOnce(ctx context.Context, topics map[string]string, p sto
 }
 
 var _ store.Listener = (*Driver)(nil)
+
+// settledNotifier tells other processes that this driver's transactions
+// settled tasks (store.TasksSettledTopic). It notifies after the commit,
+// from a statement of its own, rather than inside the settling
+// transaction: PostgreSQL serializes the commits of transactions that
+// notify, and a NOTIFY in every completing transaction cost a burn-down
+// of no-op tasks about a tenth of its throughput. One notification is in
+// flight at a time; settles during it are announced by one more after it,
+// and notifications are at least settledGap apart.
+type settledNotifier struct {
+	d *Driver
+
+	mu       sync.Mutex
+	inFlight bool
+	again    bool
+	last     time.Time
+}
+
+const settledGap = 5 * time.Millisecond
+
+// poke announces that a transaction settled tasks.
+func (n *settledNotifier) poke() {
+	n.mu.Lock()
+	if n.inFlight {
+		n.again = true
+		n.mu.Unlock()
+		return
+	}
+	n.inFlight = true
+	n.mu.Unlock()
+	go n.send()
+}
+
+func (n *settledNotifier) send() {
+	for {
+		n.mu.Lock()
+		wait := settledGap - time.Since(n.last)
+		n.mu.Unlock()
+		if wait > 0 {
+			time.Sleep(wait)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Best effort: a lost notification leaves the waiters to their
+		// polls, as a lost connection of theirs would.
+		_, _ = n.d.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, channelName(n.d.schema, store.TasksSettledTopic), n.d.instance)
+		cancel()
+		n.mu.Lock()
+		n.last = time.Now()
+		if !n.again {
+			n.inFlight = false
+			n.mu.Unlock()
+			return
+		}
+		n.again = false
+		n.mu.Unlock()
+	}
+}

@@ -32,6 +32,8 @@ type pipeTx struct {
 	pending []deferred
 	// done is true after Commit or Rollback released the connection.
 	done bool
+	// afterCommit, if set, runs once the transaction has committed.
+	afterCommit func()
 }
 
 // deferred is a statement waiting to be sent; what names it in errors.
@@ -190,7 +192,11 @@ func (p *pipeTx) commitAll(ctx context.Context, ss []stmt, reads []func(pgx.Rows
 			return nil
 		}
 		rows, err := p.conn.Query(ctx, ss[0].sql, ss[0].args...)
-		return reads[0](rows, err)
+		err = reads[0](rows, err)
+		if err == nil && p.afterCommit != nil {
+			p.afterCommit()
+		}
+		return err
 	}
 	br, err := p.send(ctx, append(slices.Clone(ss), stmt{sql: "commit"})...)
 	if err == nil {
@@ -212,6 +218,8 @@ func (p *pipeTx) commitAll(ctx context.Context, ss []stmt, reads []func(pgx.Rows
 		// an aborted transaction; end it (release drops a connection that
 		// is still not idle).
 		p.rollback(ctx)
+	} else if p.afterCommit != nil {
+		p.afterCommit()
 	}
 	return err
 }

@@ -75,6 +75,8 @@ type Driver struct {
 	reader *pgxpool.Pool
 
 	readExec *executor
+	// settled announces settled tasks to other processes.
+	settled *settledNotifier
 	// listenConfig opens the dedicated connections of Listen.
 	listenConfig *pgx.ConnConfig
 
@@ -172,6 +174,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	d := &Driver{schema: cfg.Schema, pool: pool, reader: reader, listenConfig: listenConfig}
 	d.instance = uuid.NewString()
+	d.settled = &settledNotifier{d: d}
 	d.readExec = &executor{q: reader, schema: cfg.Schema, instance: d.instance}
 	return d, nil
 }
@@ -208,7 +211,7 @@ func (d *Driver) Begin(ctx context.Context) (store.Tx, error) {
 		return nil, fmt.Errorf("postgres: begin: %w", mapErr(err))
 	}
 	tx := &pipeTx{conn: conn}
-	t := &txExec{executor: executor{q: tx, inTx: true, schema: d.schema, instance: d.instance}, tx: tx, ctx: ctx, d: d}
+	t := &txExec{executor: executor{q: tx, inTx: true, schema: d.schema, instance: d.instance, settled: d.settled.poke}, tx: tx, ctx: ctx, d: d}
 	t.executor.grown = &t.grown
 	return t, nil
 }
