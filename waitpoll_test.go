@@ -77,14 +77,7 @@ func TestWaitTaskPollsTogether(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	defer releaseOnce.Do(func() { close(release) }) // before the engines close, should the test fail early
-	runner.Handle("poll.held", HandlerFunc(func(ctx context.Context, _ *StepContext) (any, error) {
-		select {
-		case <-release:
-			return "done", nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}))
+	runner.Handle("poll.held", heldUntil(release))
 	if err := runner.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -178,14 +171,7 @@ func TestWaitTaskWokenByOtherProcess(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	defer releaseOnce.Do(func() { close(release) })
-	runner.Handle("poll.held", HandlerFunc(func(ctx context.Context, _ *StepContext) (any, error) {
-		select {
-		case <-release:
-			return "done", nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}))
+	runner.Handle("poll.held", heldUntil(release))
 	if err := runner.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +198,7 @@ func TestWaitTaskWokenByOtherProcess(t *testing.T) {
 		})
 	}
 	// Every waiter has made its first read and waits for a signal.
-	waitForCond(t, func() bool {
+	waitFor(t, func() bool {
 		waiter.polls.mu.Lock()
 		defer waiter.polls.mu.Unlock()
 		return len(waiter.polls.tasks) == len(ids)
@@ -221,13 +207,14 @@ func TestWaitTaskWokenByOtherProcess(t *testing.T) {
 	wg.Wait()
 }
 
-func waitForCond(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 10s")
+// heldUntil is a handler that returns once release is closed.
+func heldUntil(release <-chan struct{}) Handler {
+	return HandlerFunc(func(ctx context.Context, _ *StepContext) (any, error) {
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		time.Sleep(time.Millisecond)
-	}
+	})
 }
