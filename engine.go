@@ -115,9 +115,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		subscriptions: map[string]int{},
 		waiters:       map[string]map[chan taskSignal]struct{}{},
 	}
+	e.polls = newWaitPoller(e)
 	// SQLite has one writer: a second creating transaction would only wait
 	// for it, so calls wait in the queue instead and share the next one.
-	e.polls = newWaitPoller(e)
 	e.creates = &createQueue{limit: 2, one: e.createOne, many: e.createMany, log: e.log}
 	if kind == "sqlite" {
 		e.creates.limit = 1
@@ -624,8 +624,9 @@ func transitions(rows []store.TransitionRow) []Transition {
 // WaitTask blocks until the task reaches a terminal state (complete, error,
 // cancelled, resolved_manually) or blocked_by_failures, and returns it. It
 // honours ctx. In a started engine it wakes on the commit that settles the
-// task; otherwise (another process settles it) the engine's poller finds
-// it, reading every waited-for task in one read (see waitPoller).
+// task. When another process settles it, the engine's poller finds it
+// (see waitPoller): at once when that process's announcement arrives
+// (PostgreSQL, a started engine), else at its next read.
 func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	ch := make(chan taskSignal, 1)
 	e.waitMu.Lock()
@@ -645,10 +646,10 @@ func (e *Engine) WaitTask(ctx context.Context, taskUUID string) (*Task, error) {
 	e.polls.add(taskUUID)
 	defer e.polls.remove(taskUUID)
 	// announced is the state the last wake-up announced (empty when the
-	// poller could not tell). The task row alone says whether the task is settled, and
-	// its steps, which may be thousands, are read once it is; when the
-	// wake-up already says so, both are read at once, which saves a round
-	// trip on the way out of every WaitTask.
+	// poller could not tell). The task row alone says whether the task is
+	// settled, and its steps, which may be thousands, are read once it is;
+	// when the wake-up already says so, both are read at once, which saves
+	// a round trip on the way out of every WaitTask.
 	var announced state.TaskState
 	var snap *orchestration.TaskSnapshot
 	for {

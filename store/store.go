@@ -178,6 +178,24 @@ type TaskStatesParams struct {
 	UUIDs []string
 }
 
+// ScanTaskStates reads TaskStates' answer from rows of (task_uuid, state),
+// for the drivers.
+func ScanTaskStates(rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}, n int) (map[string]string, error) {
+	out := make(map[string]string, n)
+	for rows.Next() {
+		var id, st string
+		if err := rows.Scan(&id, &st); err != nil {
+			return nil, err
+		}
+		out[id] = st
+	}
+	return out, rows.Err()
+}
+
 // TaskListParams filters tasks. Empty fields match everything; Limit 0 means
 // 100. Results are ordered newest first.
 type TaskListParams struct {

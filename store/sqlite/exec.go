@@ -282,14 +282,10 @@ func (e *executor) TaskStates(ctx context.Context, p store.TaskStatesParams) (ma
 		return nil, fmt.Errorf("read task states: %w", err)
 	}
 	defer rows.Close()
-	for rows.Next() {
-		var id, st string
-		if err := rows.Scan(&id, &st); err != nil {
-			return nil, fmt.Errorf("read task states: %w", mapErr(err))
-		}
-		out[id] = st
+	if out, err = store.ScanTaskStates(rows, len(p.UUIDs)); err != nil {
+		return nil, fmt.Errorf("read task states: %w", mapErr(err))
 	}
-	return out, mapErr(rows.Err())
+	return out, nil
 }
 
 func (e *executor) TaskList(ctx context.Context, p store.TaskListParams) ([]store.TaskRow, error) {
