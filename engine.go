@@ -389,6 +389,7 @@ func (e *Engine) Close() error {
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
+	e.polls.close()
 	return errors.Join(serr, e.driver.Close())
 }
 

@@ -36,7 +36,16 @@ type waitPoller struct {
 	// process settled some task (a notification said so).
 	all     bool
 	lastAll time.Time
+	// stopListen ends the poller's own subscription to the announcements
+	// (see listen); closed once the engine is closing.
+	stopListen func()
+	closed     bool
 }
+
+// waitListenLinger is how long an engine that listens only for its
+// waiters keeps listening after the last one returned, so that a client
+// waiting for one task after another does not reconnect for each.
+const waitListenLinger = 30 * time.Second
 
 // waitAllGap is the shortest time between two reads of every waited-for
 // task that notifications ask for: a busy cluster settles tasks hundreds
@@ -106,10 +115,38 @@ func (p *waitPoller) remove(task string) {
 func (p *waitPoller) loop() {
 	timer := time.NewTimer(p.first)
 	defer timer.Stop()
+	p.listen()
 	for {
 		now := time.Now()
 		var due []string
 		p.mu.Lock()
+		if len(p.tasks) == 0 && p.stopListen != nil && !p.closed {
+			// Keep listening a while for the next waiter.
+			p.mu.Unlock()
+			timer.Reset(waitListenLinger)
+			select {
+			case <-timer.C:
+				p.mu.Lock()
+				stop := p.stopListen
+				if len(p.tasks) == 0 {
+					p.stopListen = nil
+				} else {
+					stop = nil
+				}
+				p.mu.Unlock()
+				if stop != nil {
+					stop()
+					p.mu.Lock()
+					again := len(p.tasks) > 0
+					p.mu.Unlock()
+					if again { // a waiter came while it stopped
+						p.listen()
+					}
+				}
+			case <-p.kick:
+			}
+			continue
+		}
 		if len(p.tasks) == 0 {
 			p.running, p.all = false, false
 			p.mu.Unlock()
@@ -149,6 +186,55 @@ func (p *waitPoller) loop() {
 		case <-p.kick:
 		}
 	}
+}
+
+// listen subscribes the poller to the announcements of tasks settled by
+// other processes, for an engine that does not listen itself (one never
+// started) on a store that has them (PostgreSQL). A started engine's own
+// listener passes them on (see Engine.onNotify).
+func (p *waitPoller) listen() {
+	l, ok := p.e.driver.(store.Listener)
+	if !ok || !p.e.cfg.DeploymentMode.listens() {
+		return
+	}
+	p.e.mu.Lock()
+	self := p.e.listening != nil || p.e.closed
+	p.e.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if self || p.closed || p.stopListen != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = l.Listen(ctx, store.ListenParams{
+			Topics:    []string{store.TasksSettledTopic},
+			OnNotify:  func(string) { p.checkAll() },
+			OnConnect: p.checkAll, // announcements sent before it are lost
+			IgnoreOwn: true,
+			OnError: func(err error, retryIn time.Duration) {
+				p.e.log.Debug("task announcement listener disconnected; reconnecting", "error", err, "retry_in", retryIn)
+			},
+		})
+	}()
+	p.stopListen = func() { cancel(); <-done }
+}
+
+// close ends the poller's own listener, for an engine that is closing;
+// waiters still waiting are polled as before (and get the closed store's
+// error).
+func (p *waitPoller) close() {
+	p.mu.Lock()
+	p.closed = true
+	stop := p.stopListen
+	p.stopListen = nil
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	p.poke()
 }
 
 // check reads the states of ids and wakes the waiters of those settled.

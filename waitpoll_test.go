@@ -2,6 +2,7 @@ package tasker
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -137,12 +138,22 @@ type taskStateError struct{ state string }
 
 func (e *taskStateError) Error() string { return "task ended " + e.state }
 
-// TestWaitTaskWokenByOtherProcess (PostgreSQL): a started engine waiting
-// for tasks that another engine runs learns that they settled from the
-// notification the settling transaction sends, not from its polls, which
-// here are minutes apart.
+// TestWaitTaskWokenByOtherProcess (PostgreSQL): an engine waiting for
+// tasks that another engine runs learns that they settled from the
+// announcement the settling engine sends, not from its polls, which here
+// are minutes apart: a started engine through its own listener, one never
+// started (a client) through its poller's.
 func TestWaitTaskWokenByOtherProcess(t *testing.T) {
 	t.Parallel()
+	for _, started := range []bool{true, false} {
+		t.Run(fmt.Sprint("started=", started), func(t *testing.T) {
+			t.Parallel()
+			testWaitTaskWokenByOtherProcess(t, started)
+		})
+	}
+}
+
+func testWaitTaskWokenByOtherProcess(t *testing.T, started bool) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
 	schema := pgtest.Schema(t, url)
@@ -156,16 +167,18 @@ func TestWaitTaskWokenByOtherProcess(t *testing.T) {
 		t.Cleanup(func() { e.Close() })
 		return e
 	}
-	// The waiting engine runs but handles nothing, so its wake-ups can
-	// only come from the other engine; its own polls would come after the
-	// test's deadline.
+	// The waiting engine handles nothing, so its wake-ups can only come
+	// from the other engine; its own polls would come after the test's
+	// deadline.
 	waiter := open(Config{Roles: []Role{RoleOrchestrator}})
 	waiter.polls.first, waiter.polls.most = 10*time.Minute, 10*time.Minute
 	if err := waiter.RegisterTemplate(ctx, []byte(waitPollYAML)); err != nil {
 		t.Fatal(err)
 	}
-	if err := waiter.Start(ctx); err != nil {
-		t.Fatal(err)
+	if started {
+		if err := waiter.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	runner := open(Config{PollInterval: 20 * time.Millisecond})
 	release := make(chan struct{})
