@@ -191,8 +191,17 @@ func (n *settledNotifier) send() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		// Best effort: a lost notification leaves the waiters to their
-		// polls, as a lost connection of theirs would.
-		_, _ = n.d.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, channelName(n.d.schema, store.TasksSettledTopic), n.d.instance)
+		// polls, as a lost connection of theirs would. Its transaction
+		// does not wait for its commit to reach the disk (it writes
+		// nothing but the hint, which is delivered at commit all the
+		// same), so it costs no flush of its own beside the settling
+		// transactions'.
+		b := &pgx.Batch{}
+		b.Queue("begin")
+		b.Queue("set local synchronous_commit to off")
+		b.Queue(`SELECT pg_notify($1, $2)`, channelName(n.d.schema, store.TasksSettledTopic), n.d.instance)
+		b.Queue("commit")
+		_ = n.d.pool.SendBatch(ctx, b).Close()
 		cancel()
 		n.mu.Lock()
 		n.last = time.Now()
