@@ -50,18 +50,14 @@ func (e *Engine) CreateTasks(ctx context.Context, reqs []TaskRequest) ([]*Task, 
 		}
 		return nil, fmt.Errorf("create tasks: %w", err)
 	}
-	out := make([]*Task, len(created))
-	for i, c := range created {
-		out[i] = taskFrom(c.Task, c.Summary)
-	}
-	return out, nil
+	return tasksFrom(created), nil
 }
 
 // createMany writes the tasks of ps in one transaction, for CreateTask
 // calls that share it (see createQueue): a refused request (bad input, an
 // identity already taken) gets its error at its position in refused, and
 // the others are created. Any other failure fails the transaction.
-func (e *Engine) createMany(ctx context.Context, ps []orchestration.CreateTaskParams) (tasks []*Task, refused []error, err error) {
+func (e *Engine) createMany(ctx context.Context, ps []orchestration.CreateTaskParams) (_ []*Task, refused []error, err error) {
 	var created []orchestration.CreatedTask
 	err = e.createWithClaim(ctx, func(claim store.StepsClaimParams) ([]store.ClaimedStep, error) {
 		var claimed []store.ClaimedStep
@@ -72,11 +68,17 @@ func (e *Engine) createMany(ctx context.Context, ps []orchestration.CreateTaskPa
 	if err != nil {
 		return nil, nil, err
 	}
-	tasks = make([]*Task, len(created))
+	return tasksFrom(created), refused, nil
+}
+
+// tasksFrom turns created tasks into Tasks, in order; a request that
+// created none (refused, see createMany) gets nil.
+func tasksFrom(created []orchestration.CreatedTask) []*Task {
+	out := make([]*Task, len(created))
 	for i, c := range created {
 		if c.Task != nil {
-			tasks[i] = taskFrom(c.Task, c.Summary)
+			out[i] = taskFrom(c.Task, c.Summary)
 		}
 	}
-	return tasks, refused, nil
+	return out
 }

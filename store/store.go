@@ -9,6 +9,8 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"time"
@@ -176,6 +178,14 @@ type TaskGetParams struct {
 // tasks that do not exist are left out of its answer.
 type TaskStatesParams struct {
 	UUIDs []string
+}
+
+// NewLeaseToken is a fresh lease token: 32 random hex digits, as the
+// drivers' claims make them.
+func NewLeaseToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // ScanTaskStates reads TaskStates' answer from rows of (task_uuid, state),

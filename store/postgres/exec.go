@@ -3,8 +3,6 @@ package postgres
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -94,14 +92,6 @@ func orNow(t time.Time) time.Time {
 		return time.Now()
 	}
 	return t
-}
-
-// randomToken is a fresh lease token made here, like newToken's: 32
-// random hex digits.
-func randomToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 func utcPtr(t *time.Time) *time.Time {
@@ -885,7 +875,7 @@ func (e *executor) startStmt(p store.StepsClaimParams) startQuery {
 	var notify []string
 	for i, st := range p.Start {
 		steps[i], tasks[i], from[i], queues[i], prio[i] = st.UUID, st.TaskUUID, st.From, st.Queue, int32(st.Priority)
-		tokens[i] = randomToken()
+		tokens[i] = store.NewLeaseToken()
 		if !slices.Contains(notify, st.Queue) {
 			notify = append(notify, st.Queue)
 		}

@@ -3,9 +3,7 @@ package sqlite
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,12 +122,6 @@ func rawOrNil(s sql.NullString) json.RawMessage {
 		return nil
 	}
 	return json.RawMessage(s.String)
-}
-
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 func placeholders(n int) string {
@@ -636,7 +628,7 @@ func (e *executor) QueueClaim(ctx context.Context, p store.QueueClaimParams) ([]
 	for i := range out {
 		m := &out[i]
 		u := until
-		m.LeaseToken, m.LeaseOwner, m.LeaseUntil = newToken(), p.Owner, &u
+		m.LeaseToken, m.LeaseOwner, m.LeaseUntil = store.NewLeaseToken(), p.Owner, &u
 		m.ReadCount++
 		if _, err := e.exec(ctx, `UPDATE tasker_queue SET lease_token = ?, lease_owner = ?, lease_expires_at = ?,
 			read_count = read_count + 1 WHERE id = ?`, m.LeaseToken, p.Owner, ts(until), m.ID); err != nil {
@@ -895,7 +887,7 @@ func (e *executor) startSteps(ctx context.Context, p store.StepsClaimParams, now
 		if err := e.stepHistory(ctx, st.UUID, "enqueued", "in_progress", "start", md, now); err != nil {
 			return nil, err
 		}
-		m := store.QueueMessage{Queue: st.Queue, TaskUUID: st.TaskUUID, StepUUID: st.UUID, LeaseToken: newToken(),
+		m := store.QueueMessage{Queue: st.Queue, TaskUUID: st.TaskUUID, StepUUID: st.UUID, LeaseToken: store.NewLeaseToken(),
 			LeaseOwner: p.Owner, ReadCount: 1, EnqueuedAt: fromTS(now), LeaseUntil: &until}
 		res, err = e.exec(ctx, `INSERT INTO tasker_queue (queue, task_uuid, step_uuid, priority, visible_at, enqueued_at,
 				lease_token, lease_owner, lease_expires_at, read_count)
