@@ -695,6 +695,16 @@ type CompleteAndLoadParams struct {
 	// leave successes in enqueued_for_orchestration; Settled says which it
 	// moved.
 	SettleSuccesses bool
+	// ClaimQueues, when set, are the queues of the claim that will end the
+	// transaction (see InTxClaim). A driver may look at them now and, if
+	// they hold nothing to claim and the transaction sends them nothing
+	// afterwards, leave out the claim's search of the queues: only the
+	// steps the claim is asked to start (StepsClaimParams.Start) are then
+	// started, or enqueued should a backlog have appeared meanwhile. A
+	// message another transaction makes claimable meanwhile is the claim
+	// loop's, woken by its announcement, as one made claimable just after
+	// the claim.
+	ClaimQueues []string
 }
 
 // CompleteAndLoadResult is what CompleteAndLoad found.

@@ -220,6 +220,8 @@ type effects struct {
 	// start, while the transaction ends with a claim for a worker in this
 	// process, may start the steps it makes ready (see inTxClaim).
 	start *starter
+	// direct are the steps the claim was asked to start.
+	direct []string
 }
 
 func newEffects() *effects {
@@ -566,6 +568,15 @@ func (o *Orchestrator) claimFor(claim store.StepsClaimParams, now time.Time) sto
 func (o *Orchestrator) claimed(claim store.StepsClaimParams, claimed []store.ClaimedStep, eff *effects) {
 	if claim.Limit <= 0 || len(claimed) >= claim.Limit {
 		return
+	}
+	// A step the claim was to start that it did not return was enqueued
+	// instead, behind a backlog, and a claim that did not search the
+	// queues (see store.CompleteAndLoadParams.ClaimQueues) left it there:
+	// the worker is woken for it.
+	for _, id := range eff.direct {
+		if !slices.ContainsFunc(claimed, func(c store.ClaimedStep) bool { return c.StepUUID == id }) {
+			return
+		}
 	}
 	for _, q := range claim.Queues {
 		if ns, ok := store.QueueNamespace(q); ok {
@@ -996,7 +1007,8 @@ func (o *Orchestrator) CompleteAndClaim(ctx context.Context, completions []store
 		}
 		loaded, err := store.CompleteAndLoad(ctx, tx, store.CompleteAndLoadParams{
 			Tasks: sortedKeys(ids), Completions: completions, Now: now,
-			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove, SettleSuccesses: true})
+			LimitSteps: o.incrementalAbove >= 0, MaxSteps: o.incrementalAbove, SettleSuccesses: true,
+			ClaimQueues: claimQueues(claim)})
 		if err != nil {
 			return err
 		}

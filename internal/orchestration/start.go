@@ -42,6 +42,16 @@ func (s *starter) add(task *store.TaskRow, steps []store.StepStart) {
 	}
 }
 
+// claimQueues are the queues of claim, the claim that will end a
+// transaction, if it claims anything (see
+// store.CompleteAndLoadParams.ClaimQueues).
+func claimQueues(claim store.StepsClaimParams) []string {
+	if claim.Limit <= 0 {
+		return nil
+	}
+	return claim.Queues
+}
+
 // inTxClaim runs fn in a transaction that ends with claim (see
 // store.InTxClaim and claimFor), leaving the steps fn's evaluations make
 // ready to the claim where it has room for them (see starter). It returns
@@ -53,7 +63,7 @@ func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimPara
 		if claim.Limit > 0 && len(claim.Queues) > 0 && !o.noDirectStart {
 			st = &starter{claim: claim, left: claim.Limit}
 		}
-		eff.start = st
+		eff.start, eff.direct = st, nil
 		defer func() { eff.start = nil }()
 		if err := fn(tx); err != nil {
 			return store.StepsClaimParams{}, err
@@ -61,6 +71,9 @@ func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimPara
 		c := o.claimFor(claim, now)
 		if st != nil {
 			c.Start = st.steps
+			for _, s := range st.steps {
+				eff.direct = append(eff.direct, s.UUID)
+			}
 		}
 		return c, nil
 	})

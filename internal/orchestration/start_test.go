@@ -141,3 +141,39 @@ func TestDirectStartDefersToBacklog(t *testing.T) {
 		t.Errorf("no wake-up for the enqueued step: %v", enq)
 	}
 }
+
+// TestClaimedKeepsWakeForEnqueuedStarts pins the wake-up rule after a
+// transaction's claim: a claim that got fewer steps than it asked for
+// emptied its queues, so the worker is not woken for the steps the
+// transaction enqueued, unless a step the claim was to start is not among
+// what it returned: the claim enqueued it behind a backlog and may not
+// have searched for it (store.CompleteAndLoadParams.ClaimQueues).
+func TestClaimedKeepsWakeForEnqueuedStarts(t *testing.T) {
+	o := &Orchestrator{}
+	claim := store.StepsClaimParams{Queues: []string{store.WorkerQueue("shop")}, Limit: 5}
+	for _, tc := range []struct {
+		name     string
+		direct   []string
+		claimed  []string
+		wantWake bool
+	}{
+		{"nothing to start, claim short", nil, []string{"x"}, false},
+		{"every start returned", []string{"a", "b"}, []string{"a", "b"}, false},
+		{"a start not returned", []string{"a", "b"}, []string{"a"}, true},
+		{"no start returned", []string{"a"}, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eff := newEffects()
+			eff.namespaces["shop"] = struct{}{}
+			eff.direct = tc.direct
+			var claimed []store.ClaimedStep
+			for _, id := range tc.claimed {
+				claimed = append(claimed, store.ClaimedStep{StepUUID: id})
+			}
+			o.claimed(claim, claimed, eff)
+			if _, wake := eff.namespaces["shop"]; wake != tc.wantWake {
+				t.Errorf("worker woken for shop: %v, want %v", wake, tc.wantWake)
+			}
+		})
+	}
+}

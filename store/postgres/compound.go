@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -72,6 +73,13 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 		stmts = append(stmts, completes...)
 	}
 	stmts = append(stmts, read)
+	// Last, so that it sees what this batch did: whether the queues of the
+	// claim that will end the transaction hold anything to claim (see
+	// ClaimAndCommit).
+	if len(p.ClaimQueues) > 0 {
+		stmts = append(stmts, stmt{sql: forQueues(p.ClaimQueues, `SELECT EXISTS (SELECT 1 FROM tasker_queue
+			WHERE queue = ANY($1) AND visible_at <= $2 AND lease_token IS NULL)`), args: []any{queuesArg(p.ClaimQueues), orNow(p.Now)}})
+	}
 	br, err := t.tx.send(ctx, stmts...)
 	if err != nil {
 		return nil, fmt.Errorf("lock and complete: %w", mapErr(err))
@@ -114,6 +122,16 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	}
 	for _, s := range steps {
 		res.Steps[s.TaskUUID] = append(res.Steps[s.TaskUUID], s)
+	}
+	if len(p.ClaimQueues) > 0 {
+		var backlog bool
+		if err := br.QueryRow().Scan(&backlog); err != nil {
+			return nil, fmt.Errorf("look for messages to claim: %w", mapErr(err))
+		}
+		t.idle, t.idleSends = nil, t.tx.sends
+		if !backlog {
+			t.idle = slices.Clone(p.ClaimQueues)
+		}
 	}
 	for _, id := range p.Tasks {
 		if res.Tasks[id] == nil {

@@ -34,6 +34,8 @@ type pipeTx struct {
 	done bool
 	// afterCommit, if set, runs once the transaction has committed.
 	afterCommit func()
+	// sends counts the queue sends deferred so far (see txExec.idle).
+	sends int
 }
 
 // deferred is a statement waiting to be sent; what names it in errors.
@@ -57,6 +59,9 @@ func (p *pipeTx) queue(what, sql string, args ...any) {
 // join, unless a write it does not commute with was queued after that
 // set, and is queued at the end otherwise.
 func (p *pipeTx) queueSet(ws writeSet) {
+	if _, ok := ws.(*queueSends); ok {
+		p.sends++
+	}
 	for i := len(p.pending) - 1; i >= 0; i-- {
 		d := &p.pending[i]
 		if d.set != nil && d.set.join(ws) {

@@ -22,6 +22,7 @@ import (
 	"io/fs"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -223,6 +224,25 @@ type txExec struct {
 	d   *Driver
 	// grown counts the steps this transaction inserted.
 	grown int64
+	// idle, when set, are queues this transaction found holding nothing
+	// to claim (CompleteAndLoadParams.ClaimQueues), at the point where it
+	// had deferred idleSends queue sends.
+	idle      []string
+	idleSends int
+}
+
+// searchNeeded reports whether a claim on queues must search them: unless
+// this transaction found them empty and sent them nothing since.
+func (t *txExec) searchNeeded(queues []string) bool {
+	if t.idle == nil || t.tx.sends != t.idleSends || len(queues) != len(t.idle) {
+		return true
+	}
+	for _, q := range queues {
+		if !slices.Contains(t.idle, q) {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *txExec) Commit() error {
@@ -236,7 +256,8 @@ func (t *txExec) Commit() error {
 // ClaimAndCommit claims p's steps as the transaction's last statement and
 // commits, in one round trip with the statements still pending; a
 // transaction that sent nothing yet sends the claim alone, which commits
-// on its own (the claim is one statement).
+// on its own (the claim is one statement). A transaction that found the
+// claim's queues empty (see searchNeeded) only starts p.Start.
 func (t *txExec) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
 	var started, claimed []store.ClaimedStep
 	var ss []stmt
@@ -250,11 +271,18 @@ func (t *txExec) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) (
 			return err
 		})
 	}
-	ss = append(ss, claimStmt(p))
-	reads = append(reads, func(rows pgx.Rows, err error) error {
-		claimed, err = collectClaimed(p, rows, mapErr(err))
-		return err
-	})
+	// The search of the queues is the costliest statement of a hop at
+	// light load, and it finds nothing when the transaction saw the queues
+	// empty: PostgreSQL sets up its whole plan (five CTEs, three of them
+	// writes) to find so. Left out then, the steps made ready here are
+	// still started above.
+	if t.searchNeeded(p.Queues) {
+		ss = append(ss, claimStmt(p))
+		reads = append(reads, func(rows pgx.Rows, err error) error {
+			claimed, err = collectClaimed(p, rows, mapErr(err))
+			return err
+		})
+	}
 	if err := t.tx.commitAll(ctx, ss, reads); err != nil {
 		return nil, fmt.Errorf("postgres: claim and commit: %w", mapErr(err))
 	}
