@@ -287,13 +287,25 @@ type txExec struct {
 	begin  context.Context
 	d      *Driver
 	missed []string
+	// bound are the cached statements bound to this transaction so far,
+	// by query: binding costs an allocation and two locks, and a step's
+	// statements repeat within a transaction (its history rows).
+	bound map[string]*sql.Stmt
 }
 
 // stmt binds a cached statement to the transaction, or notes the query so
 // it is prepared once the transaction has released the connection.
 func (t *txExec) stmt(ctx context.Context, q string) *sql.Stmt {
+	if s, ok := t.bound[q]; ok {
+		return s
+	}
 	if s := t.d.stmt(q); s != nil {
-		return t.tx.StmtContext(ctx, s)
+		b := t.tx.StmtContext(ctx, s)
+		if t.bound == nil {
+			t.bound = map[string]*sql.Stmt{}
+		}
+		t.bound[q] = b
+		return b
 	}
 	t.missed = append(t.missed, q)
 	return nil
