@@ -697,13 +697,13 @@ type CompleteAndLoadParams struct {
 	SettleSuccesses bool
 	// ClaimQueues, when set, are the queues of the claim that will end the
 	// transaction (see InTxClaim). A driver may look at them now and, if
-	// they hold nothing to claim and the transaction sends them nothing
+	// they hold no unleased message and the transaction sends them nothing
 	// afterwards, leave out the claim's search of the queues: only the
 	// steps the claim is asked to start (StepsClaimParams.Start) are then
-	// started, or enqueued should a backlog have appeared meanwhile. A
-	// message another transaction makes claimable meanwhile is the claim
-	// loop's, woken by its announcement, as one made claimable just after
-	// the claim.
+	// started, or enqueued should a backlog have appeared meanwhile (the
+	// orchestrator then wakes the worker for them). A message another
+	// transaction makes claimable meanwhile is the claim loop's, woken by
+	// its announcement, as one made claimable just after the claim.
 	ClaimQueues []string
 }
 

@@ -562,9 +562,12 @@ func (o *Orchestrator) claimFor(claim store.StepsClaimParams, now time.Time) sto
 }
 
 // claimed notes what a transaction's claim (see claimFor) took. When the
-// claim emptied the worker's queues (it got fewer steps than it asked
-// for), waking the worker for the steps the transaction enqueued would
-// only cost it an empty claim, so that wake-up is dropped.
+// claim got fewer steps than it asked for, it emptied the worker's queues
+// (or its transaction found them empty and it did not search them, see
+// store.CompleteAndLoadParams.ClaimQueues), and waking the worker for the
+// steps the transaction enqueued would only cost it an empty claim, so
+// that wake-up is dropped, unless a step the claim was to start is
+// missing from what it took.
 func (o *Orchestrator) claimed(claim store.StepsClaimParams, claimed []store.ClaimedStep, eff *effects) {
 	if claim.Limit <= 0 || len(claimed) >= claim.Limit {
 		return

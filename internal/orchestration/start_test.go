@@ -144,10 +144,10 @@ func TestDirectStartDefersToBacklog(t *testing.T) {
 
 // TestClaimedKeepsWakeForEnqueuedStarts pins the wake-up rule after a
 // transaction's claim: a claim that got fewer steps than it asked for
-// emptied its queues, so the worker is not woken for the steps the
-// transaction enqueued, unless a step the claim was to start is not among
-// what it returned: the claim enqueued it behind a backlog and may not
-// have searched for it (store.CompleteAndLoadParams.ClaimQueues).
+// emptied its queues or found them empty, so the worker is not woken for
+// the steps the transaction enqueued, unless a step the claim was to start
+// is not among what it returned: the claim enqueued it behind a backlog
+// and may not have searched for it (store.CompleteAndLoadParams.ClaimQueues).
 func TestClaimedKeepsWakeForEnqueuedStarts(t *testing.T) {
 	o := &Orchestrator{}
 	claim := store.StepsClaimParams{Queues: []string{store.WorkerQueue("shop")}, Limit: 5}

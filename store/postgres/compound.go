@@ -74,11 +74,13 @@ func (t *txExec) CompleteAndLoad(ctx context.Context, p store.CompleteAndLoadPar
 	}
 	stmts = append(stmts, read)
 	// Last, so that it sees what this batch did: whether the queues of the
-	// claim that will end the transaction hold anything to claim (see
-	// ClaimAndCommit).
+	// claim that will end the transaction hold any unleased message (see
+	// ClaimAndCommit). Visible or not: the claim runs later than p.Now,
+	// and a message sent by a transaction that began after this one is
+	// stamped visible after p.Now.
 	if len(p.ClaimQueues) > 0 {
 		stmts = append(stmts, stmt{sql: forQueues(p.ClaimQueues, `SELECT EXISTS (SELECT 1 FROM tasker_queue
-			WHERE queue = ANY($1) AND visible_at <= $2 AND lease_token IS NULL)`), args: []any{queuesArg(p.ClaimQueues), orNow(p.Now)}})
+			WHERE queue = ANY($1) AND lease_token IS NULL)`), args: []any{queuesArg(p.ClaimQueues)}})
 	}
 	br, err := t.tx.send(ctx, stmts...)
 	if err != nil {
