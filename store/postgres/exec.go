@@ -393,20 +393,26 @@ func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) e
 	ids, names, callables := make([]string, n), make([]string, n), make([]string, n)
 	positions, maxAttempts := make([]int64, n), make([]int64, n)
 	retryable := make([]bool, n)
+	parentsOf := make(map[string]int64, n)
+	for _, ed := range p.Edges {
+		parentsOf[ed.To]++
+	}
+	parents := make([]int64, n)
 	for i, s := range p.Steps {
 		ids[i], names[i], callables[i] = s.UUID, s.Name, s.Callable
 		positions[i], maxAttempts[i], retryable[i] = int64(s.Position), int64(s.MaxAttempts), s.Retryable
+		parents[i] = parentsOf[s.UUID]
 	}
 	if e.grown != nil {
 		*e.grown += int64(n)
 	}
 	if n > 0 {
 		if err := e.execLater(ctx, "insert steps of task "+p.TaskUUID, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,
-				max_attempts, retryable, created_at, updated_at)
-			SELECT s.step_uuid, $1, s.name, $2, s.position, s.callable, 'pending', s.max_attempts, s.retryable, $3, $3
-			FROM unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::int[], $9::bool[])
-				AS s(step_uuid, name, position, callable, max_attempts, retryable)`,
-			p.TaskUUID, p.Namespace, now, ids, names, positions, callables, maxAttempts, retryable); err != nil {
+				max_attempts, retryable, parents, created_at, updated_at)
+			SELECT s.step_uuid, $1, s.name, $2, s.position, s.callable, 'pending', s.max_attempts, s.retryable, s.parents, $3, $3
+			FROM unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::int[], $9::bool[], $10::int[])
+				AS s(step_uuid, name, position, callable, max_attempts, retryable, parents)`,
+			p.TaskUUID, p.Namespace, now, ids, names, positions, callables, maxAttempts, retryable, parents); err != nil {
 			return err
 		}
 	}

@@ -51,23 +51,30 @@ func (e *executor) StepsGet(ctx context.Context, p store.StepsGetParams) ([]stor
 // by its key (OFFSET 0 keeps the planner from scanning the task's steps by
 // state instead, which it prefers on tables it has no statistics for and
 // which is quadratic when ten thousand children become ready). A step
-// with few parents has them checked in turn, stopping at the first that is
-// not done. A step with many (a fan-in of 64 or more) is checked the other
-// way round, from the task's steps that are not done (every step state
-// but complete and resolved_manually) through the (task_uuid, state)
-// index: while its parents run, the first such step is one of them, and
-// once they are all done that index holds only a few entries, where
-// walking every parent of a 10,000-way join took 40 ms. That index plan
-// needs statistics that know the table's size (see analyze.go).
-const progressCandidates = `WITH ids AS (
-		SELECT unnest($2::text[]) AS step_uuid
-		UNION SELECT e.to_step_uuid FROM tasker_step_edges e WHERE e.from_step_uuid = ANY($2)
-		UNION SELECT w.step_uuid FROM tasker_steps w WHERE w.task_uuid = $1 AND w.state = 'waiting_for_retry'
+// with one parent (its parents column), found through the edge from a
+// step in $2, has that step as its only parent: it is checked by key,
+// and nothing else is read. Another step with few parents has them
+// checked in turn, stopping at the first that is not done. A step with
+// many (a fan-in of 64 or more) is checked the other way round, from the
+// task's steps that are not done (every step state but complete and
+// resolved_manually) through the (task_uuid, state) index: while its
+// parents run, the first such step is one of them, and once they are all
+// done that index holds only a few entries, where walking every parent
+// of a 10,000-way join took 40 ms. That index plan needs statistics that
+// know the table's size (see analyze.go).
+const progressCandidates = `WITH found AS (
+		SELECT unnest($2::text[]) AS step_uuid, NULL::text AS via
+		UNION ALL SELECT e.to_step_uuid, e.from_step_uuid FROM tasker_step_edges e WHERE e.from_step_uuid = ANY($2)
+		UNION ALL SELECT w.step_uuid, NULL FROM tasker_steps w WHERE w.task_uuid = $1 AND w.state = 'waiting_for_retry'
+	), ids AS (
+		SELECT step_uuid, min(via) AS via FROM found GROUP BY step_uuid
 	)
 	SELECT ` + stepColsBare + `, blocker.x IS NULL
 	FROM ids CROSS JOIN LATERAL (SELECT * FROM tasker_steps s WHERE s.step_uuid = ids.step_uuid OFFSET 0) s
 	LEFT JOIN LATERAL (
-		SELECT CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM tasker_step_edges e WHERE e.to_step_uuid = s.step_uuid LIMIT 64) n) < 64
+		SELECT CASE WHEN s.parents = 1 AND ids.via IS NOT NULL
+		THEN (SELECT 1 FROM tasker_steps p WHERE p.step_uuid = ids.via AND p.state NOT IN ('complete', 'resolved_manually'))
+		WHEN (SELECT count(*) FROM (SELECT 1 FROM tasker_step_edges e WHERE e.to_step_uuid = s.step_uuid LIMIT 64) n) < 64
 		THEN (SELECT 1 FROM tasker_step_edges e JOIN tasker_steps p ON p.step_uuid = e.from_step_uuid
 			WHERE e.to_step_uuid = s.step_uuid AND p.state NOT IN ('complete', 'resolved_manually')
 			ORDER BY e.from_step_uuid DESC LIMIT 1)

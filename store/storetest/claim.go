@@ -438,3 +438,99 @@ func testCompleteAndLoad(s *suite) {
 		}
 	}
 }
+
+// testStepsCompleteLargeBatch completes more steps in one call than a
+// driver may write one statement each for: successes (settled or not),
+// failures, a stale lease and a second completion of one step, each with
+// the history its outcome calls for and nothing for the refused ones.
+func testStepsCompleteLargeBatch(s *suite) {
+	for _, settle := range []bool{false, true} {
+		task := s.newTask(store.TaskInsertParams{})
+		names := make([]string, 14)
+		for i := range names {
+			names[i] = fmt.Sprintf("s%02d", i)
+		}
+		ids := s.newSteps(task, "ns", names...)
+		s.enqueueSteps(task, "ns", ids, at(time.Second))
+		claimed := s.claimSteps("ns", len(ids), "w", at(2*time.Second))
+		if len(claimed) != len(ids) {
+			s.t.Fatalf("claimed %d steps, want %d", len(claimed), len(ids))
+		}
+		byStep := map[string]store.ClaimedStep{}
+		for _, c := range claimed {
+			byStep[c.StepUUID] = c
+		}
+		var comps []store.StepCompletion
+		for i, id := range ids {
+			c := byStep[id]
+			comp := store.StepCompletion{MessageID: c.Message.ID, LeaseToken: c.Message.LeaseToken, TaskUUID: task, StepUUID: id,
+				Attempt: 1, Metadata: json.RawMessage(fmt.Sprintf(`{"i": %d}`, i))}
+			switch i % 3 {
+			case 0, 1:
+				comp.Success, comp.Result = true, json.RawMessage(fmt.Sprintf(`{"n": %d}`, i))
+			case 2:
+				comp.Error = json.RawMessage(`{"message": "no"}`)
+			}
+			if i == 4 {
+				comp.LeaseToken = "stale"
+			}
+			comps = append(comps, comp)
+		}
+		// A second completion of step 0, after the first: refused.
+		dup := comps[0]
+		dup.Metadata = json.RawMessage(`{"dup": true}`)
+		comps = append(comps, dup)
+
+		var refused []error
+		var settled map[string]bool
+		s.tx(func(tx store.Tx) error {
+			res, err := store.CompleteAndLoad(s.ctx, tx, store.CompleteAndLoadParams{
+				Tasks: []string{task}, Completions: comps, SettleSuccesses: settle, Now: at(3 * time.Second)})
+			if err == nil {
+				refused, settled = res.Refused, res.Settled
+			}
+			return err
+		})
+		if len(refused) != len(comps) {
+			s.t.Fatalf("settle %v: Refused has %d entries, want %d", settle, len(refused), len(comps))
+		}
+		for i, id := range ids {
+			what := fmt.Sprintf("settle %v, step %d", settle, i)
+			h := s.stepHistory(id)
+			want := [][3]string{{"pending", "enqueued", "enqueue"}, {"enqueued", "in_progress", "start"}}
+			switch {
+			case i == 4:
+				s.wantErr(what+" with a stale lease", refused[i], store.ErrLeaseLost)
+				if st := s.step(id).State; st != "in_progress" {
+					s.t.Errorf("%s: refused step left %s, want in_progress", what, st)
+				}
+			case i%3 == 2:
+				s.wantErr(what, refused[i], nil)
+				want = append(want, [3]string{"in_progress", "enqueued_as_error_for_orchestration", "fail_attempt"})
+			default:
+				s.wantErr(what, refused[i], nil)
+				want = append(want, [3]string{"in_progress", "enqueued_for_orchestration", "succeed"})
+				if settle {
+					want = append(want, [3]string{"enqueued_for_orchestration", "complete", "complete"})
+				}
+				if settled[id] != settle {
+					s.t.Errorf("%s: settled %v, want %v", what, settled[id], settle)
+				}
+			}
+			s.wantTransitions(what+" history", id, h, want)
+			if len(h) >= 3 && i != 4 {
+				s.wantJSON(what+" completion Metadata", h[2].Metadata, json.RawMessage(fmt.Sprintf(`{"i": %d}`, i)))
+				s.wantTime(what+" completion CreatedAt", h[2].CreatedAt, at(3*time.Second))
+				for k, row := range h {
+					if row.SortKey != k+1 {
+						s.t.Errorf("%s: history row %d has sort key %d", what, k, row.SortKey)
+					}
+				}
+			}
+			if len(h) == 4 && h[3].Metadata != nil {
+				s.t.Errorf("%s: settling row Metadata = %s, want none", what, h[3].Metadata)
+			}
+		}
+		s.wantErr(fmt.Sprintf("settle %v, second completion of one step", settle), refused[len(comps)-1], store.ErrLeaseLost)
+	}
+}

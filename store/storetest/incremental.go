@@ -19,6 +19,7 @@ func init() {
 		{"StepsCountAndGet", testStepsCountAndGet},
 		{"TaskProgress", testTaskProgress},
 		{"TaskProgressWideJoin", testTaskProgressWideJoin},
+		{"TaskProgressOneParent", testTaskProgressOneParent},
 		{"StepsEnqueue", testStepsEnqueue},
 		{"StepsEnqueueConflict", testStepsEnqueueConflict},
 		{"CompleteAndLoadLimitSteps", testCompleteAndLoadLimitSteps},
@@ -188,6 +189,59 @@ func testTaskProgressWideJoin(s *suite) {
 	s.setState(first, "error", "resolved_manually")
 	if got := progress(ids[parents[1]]); got != "pending:true" {
 		s.t.Errorf("join with every parent done, one resolved by hand, and an unrelated step pending: %s, want pending:true", got)
+	}
+}
+
+// testTaskProgressOneParent: a step with one parent, found through the
+// parent that changed, waits for that parent in every state short of done
+// (a driver may check such a step through that parent alone), and is
+// ready once it is complete or resolved; a step that also has a parent
+// that did not change is held by that one.
+func testTaskProgressOneParent(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	// root → kid; root, other → pair.
+	ids := s.dag(task, []string{"root", "other", "kid", "pair"}, map[string][]string{
+		"kid": {"root"}, "pair": {"root", "other"},
+	})
+	progress := func() string {
+		var p *store.TaskProgress
+		s.tx(func(tx store.Tx) error {
+			var err error
+			p, err = tx.TaskProgress(s.ctx, store.TaskProgressParams{TaskUUID: task, Steps: []string{ids["root"]}})
+			return err
+		})
+		var out []string
+		for _, c := range p.Candidates {
+			out = append(out, fmt.Sprintf("%s:%v", c.Name, c.DependenciesSatisfied))
+		}
+		return fmt.Sprint(out)
+	}
+	root := ids["root"]
+	for _, path := range [][]string{
+		{"pending"},
+		{"pending", "enqueued", "in_progress"},
+		{"in_progress", "enqueued_as_error_for_orchestration", "waiting_for_retry"},
+		{"waiting_for_retry", "enqueued", "in_progress", "enqueued_as_error_for_orchestration", "error"},
+	} {
+		if len(path) > 1 {
+			s.setState(root, path...)
+		}
+		// root, itself a changed step, is a candidate while it may run.
+		want := "[kid:false pair:false]"
+		if st := path[len(path)-1]; st == "pending" || st == "waiting_for_retry" {
+			want = "[root:true kid:false pair:false]"
+		}
+		if got := progress(); got != want {
+			s.t.Errorf("root %s: candidates %s, want %s", path[len(path)-1], got, want)
+		}
+	}
+	s.setState(root, "error", "resolved_manually")
+	if got := progress(); got != "[kid:true pair:false]" {
+		s.t.Errorf("root resolved by hand: candidates %s, want [kid:true pair:false]", got)
+	}
+	s.setState(ids["other"], "pending", "enqueued", "in_progress", "enqueued_for_orchestration", "complete")
+	if got := progress(); got != "[kid:true pair:true]" {
+		s.t.Errorf("both parents done: candidates %s, want [kid:true pair:true]", got)
 	}
 }
 

@@ -83,6 +83,7 @@ var cases = []struct {
 	{"InTxClaim", testInTxClaim},
 	{"CancelledTx", testCancelledTx},
 	{"StepsComplete", testStepsComplete},
+	{"StepsCompleteLargeBatch", testStepsCompleteLargeBatch},
 	{"StepsCompleteRefused", testStepsCompleteRefused},
 	{"CompleteAndLoad", testCompleteAndLoad},
 	{"StepsClaimStart", testStepsClaimStart},
