@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -32,15 +33,7 @@ func TestClaimSearchSkippedOnEmptyQueues(t *testing.T) {
 		inserts = append(inserts, store.StepInsert{UUID: ids[name], Name: name, Position: i, Callable: "ns.step", MaxAttempts: 1})
 	}
 	now := time.Now()
-	if err := store.InTx(ctx, d, func(tx store.Tx) error {
-		if err := tx.TaskInsert(ctx, store.TaskInsertParams{UUID: task, Namespace: "ns", Name: "t", Version: "1",
-			State: "in_progress", Context: json.RawMessage(`{}`), Now: now}); err != nil {
-			return err
-		}
-		return tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: now, Steps: inserts})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	insertTask(t, d, task, inserts, now)
 	enqueueTo := func(tx store.Tx, q, name string, at time.Time) error {
 		if err := tx.StepTransition(ctx, store.StepTransitionParams{UUID: ids[name], From: "pending", To: "enqueued",
 			Event: "enqueue", Now: now}); err != nil {
@@ -172,5 +165,60 @@ func TestClaimSearchSkippedOnEmptyQueues(t *testing.T) {
 	}
 	if got := run(hop{look: both, at: now.Add(2 * time.Second)}); !slices.Equal(got, []string{"h"}) {
 		t.Errorf("message visible by the claim's time: claimed %v, want [h]", got)
+	}
+}
+
+// TestClaimSearchAfterLargeEnqueue: an enqueue of many steps (one
+// statement of its own, not a queue send) counts as a send to its queue,
+// so the claim that ends the transaction searches the queue it looked at
+// empty, and takes the steps.
+func TestClaimSearchAfterLargeEnqueue(t *testing.T) {
+	t.Parallel()
+	d := openMigrated(t)
+	ctx := t.Context()
+	queue := store.WorkerQueue("ns")
+	task := uuid.NewString()
+	var ids []string
+	var inserts []store.StepInsert
+	for i := range 12 {
+		ids = append(ids, uuid.NewString())
+		inserts = append(inserts, store.StepInsert{UUID: ids[i], Name: "s" + strconv.Itoa(i), Position: i, Callable: "ns.step", MaxAttempts: 1})
+	}
+	now := time.Now()
+	insertTask(t, d, task, inserts, now)
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := store.CompleteAndLoad(ctx, tx, store.CompleteAndLoadParams{Tasks: []string{task}, Now: now,
+		ClaimQueues: []string{queue}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.StepsEnqueue(ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: ids, From: "pending", Queue: queue, Now: now}); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := tx.(store.ClaimCommitter).ClaimAndCommit(ctx, store.StepsClaimParams{Queues: []string{queue}, Limit: 20,
+		Lease: 30 * time.Second, Owner: "worker-1", Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claimed) != len(ids) {
+		t.Errorf("claimed %d steps after enqueueing %d in the same transaction, want all", len(claimed), len(ids))
+	}
+}
+
+// insertTask stores a task of namespace ns in_progress with steps.
+func insertTask(t *testing.T, d store.Driver, task string, steps []store.StepInsert, now time.Time) {
+	t.Helper()
+	ctx := t.Context()
+	if err := store.InTx(ctx, d, func(tx store.Tx) error {
+		if err := tx.TaskInsert(ctx, store.TaskInsertParams{UUID: task, Namespace: "ns", Name: "t", Version: "1",
+			State: "in_progress", Context: json.RawMessage(`{}`), Now: now}); err != nil {
+			return err
+		}
+		return tx.StepsInsert(ctx, store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: now, Steps: steps})
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -22,6 +22,7 @@ func init() {
 		{"TaskProgressOneParent", testTaskProgressOneParent},
 		{"StepsEnqueue", testStepsEnqueue},
 		{"StepsEnqueueConflict", testStepsEnqueueConflict},
+		{"StepsEnqueueMany", testStepsEnqueueMany},
 		{"CompleteAndLoadLimitSteps", testCompleteAndLoadLimitSteps},
 	}...)
 }
@@ -286,6 +287,79 @@ func testStepsEnqueue(s *suite) {
 
 // testStepsEnqueueConflict: one step not in From fails the transaction
 // with a state conflict and changes nothing.
+// testStepsEnqueueMany: an enqueue of more steps than a driver may write
+// a statement each for moves them all, records each one's history after
+// what it already had, sends their messages in the order given (claimed
+// in that order, with the priority asked for), and is refused whole when
+// one step is not in the From state.
+func testStepsEnqueueMany(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	names := make([]string, 12)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	ids := s.newSteps(task, "ns", names...)
+	// Two steps come back from a retry: they have history already.
+	retried := []string{ids[3], ids[8]}
+	for _, id := range retried {
+		s.setState(id, "pending", "enqueued", "in_progress", "enqueued_as_error_for_orchestration", "waiting_for_retry")
+	}
+	var pending []string
+	for i := len(ids) - 1; i >= 0; i-- { // not in position order
+		if ids[i] != retried[0] && ids[i] != retried[1] {
+			pending = append(pending, ids[i])
+		}
+	}
+	other := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	otherIDs := s.newSteps(other, "ns", names...)
+	s.setState(otherIDs[5], "pending", "enqueued")
+	err := s.try(func(tx store.Tx) error {
+		return tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: other, Steps: otherIDs, From: "pending",
+			Queue: store.WorkerQueue("ns"), Now: at(time.Minute)})
+	})
+	s.wantErr("enqueue of many steps, one in another state", err, store.ErrStateConflict)
+	if st := s.step(otherIDs[0]); st.State != "pending" || len(s.stepHistory(otherIDs[0])) != 0 {
+		s.t.Errorf("step left %s with %d history rows after the refused enqueue, want pending and none", st.State, len(s.stepHistory(otherIDs[0])))
+	}
+	s.wantDepth(store.WorkerQueue("ns"), at(time.Minute), 0, 0)
+
+	now := at(2 * time.Minute)
+	s.tx(func(tx store.Tx) error {
+		if err := tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: pending, From: "pending",
+			Queue: store.WorkerQueue("ns"), Priority: 7, Now: now}); err != nil {
+			return err
+		}
+		return tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: retried, From: "waiting_for_retry",
+			Queue: store.WorkerQueue("ns"), Priority: 7, Now: now})
+	})
+	for i, id := range ids {
+		st := s.step(id)
+		if st.State != "enqueued" || st.NextRetryAt != nil || st.CompletedAt != nil || !st.UpdatedAt.Equal(now) {
+			s.t.Errorf("step %d: state %s next_retry_at %v completed_at %v updated_at %v, want enqueued at %v",
+				i, st.State, st.NextRetryAt, st.CompletedAt, st.UpdatedAt, now)
+		}
+		h := s.stepHistory(id)
+		if len(h) == 0 {
+			s.t.Errorf("step %d has no history", i)
+			continue
+		}
+		last, from := h[len(h)-1], "pending"
+		if id == retried[0] || id == retried[1] {
+			from = "waiting_for_retry"
+		}
+		if last.From != from || last.To != "enqueued" || last.Event != "enqueue" || last.SortKey != len(h) || !last.CreatedAt.Equal(now) {
+			s.t.Errorf("step %d: last history row %+v (of %d), want %s → enqueued at %v", i, last, len(h), from, now)
+		}
+	}
+	s.wantDepth(store.WorkerQueue("ns"), now, len(ids), 0)
+	claimed := s.claimSteps("ns", 2*len(ids), "w", now)
+	var order []string
+	for _, c := range claimed {
+		order = append(order, c.StepUUID)
+	}
+	s.wantStrings("claim order follows Steps", order, append(append([]string(nil), pending...), retried...))
+}
+
 func testStepsEnqueueConflict(s *suite) {
 	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
 	ids := s.newSteps(task, "ns", "a", "b")
