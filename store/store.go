@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -302,12 +303,31 @@ type StepInsert struct {
 type Edge struct{ From, To string }
 
 // StepsInsertParams creates a task's steps (state pending) and edges.
+// Every edge leads into one of Steps: a step gets all its parents when it
+// is inserted, never later (a driver may record how many it has; see
+// CheckEdges).
 type StepsInsertParams struct {
 	TaskUUID  string
 	Namespace string
 	Steps     []StepInsert
 	Edges     []Edge
 	Now       time.Time
+}
+
+// CheckEdges reports an edge of p that leads into a step p does not
+// insert.
+func (p StepsInsertParams) CheckEdges() error {
+	ids := make(map[string]bool, len(p.Steps))
+	for _, s := range p.Steps {
+		ids[s.UUID] = true
+	}
+	for _, e := range p.Edges {
+		if !ids[e.To] {
+			return fmt.Errorf("insert steps of task %s: edge %s → %s leads into a step not inserted with it (a step gets all its parents when it is inserted)",
+				p.TaskUUID, e.From, e.To)
+		}
+	}
+	return nil
 }
 
 // StepGetParams addresses a step.

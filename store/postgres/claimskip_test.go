@@ -171,12 +171,16 @@ func TestClaimSearchSkippedOnEmptyQueues(t *testing.T) {
 // TestClaimSearchAfterLargeEnqueue: an enqueue of many steps (one
 // statement of its own, not a queue send) counts as a send to its queue,
 // so the claim that ends the transaction searches the queue it looked at
-// empty, and takes the steps.
+// empty, and takes the steps; the queue's listeners are signalled at
+// commit.
 func TestClaimSearchAfterLargeEnqueue(t *testing.T) {
 	t.Parallel()
 	d := openMigrated(t)
 	ctx := t.Context()
 	queue := store.WorkerQueue("ns")
+	rec := newRecorder()
+	listen(t, d, rec.params(queue))
+	rec.await(t, "the subscription", func(_ []string, c int) bool { return c == 1 })
 	task := uuid.NewString()
 	var ids []string
 	var inserts []store.StepInsert
@@ -206,6 +210,7 @@ func TestClaimSearchAfterLargeEnqueue(t *testing.T) {
 	if len(claimed) != len(ids) {
 		t.Errorf("claimed %d steps after enqueueing %d in the same transaction, want all", len(claimed), len(ids))
 	}
+	rec.await(t, "the queue's signal", func(topics []string, _ int) bool { return slices.Contains(topics, queue) })
 }
 
 // insertTask stores a task of namespace ns in_progress with steps.

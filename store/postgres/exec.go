@@ -388,6 +388,9 @@ func (e *executor) transitions(ctx context.Context, q, id string) ([]store.Trans
 // --- steps ---
 
 func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) error {
+	if err := p.CheckEdges(); err != nil {
+		return err
+	}
 	now := orNow(p.Now)
 	n := len(p.Steps)
 	ids, names, callables := make([]string, n), make([]string, n), make([]string, n)

@@ -195,11 +195,12 @@ func (e *executor) StepsEnqueue(ctx context.Context, p store.StepsEnqueueParams)
 	now := orNow(p.Now)
 	what := "enqueue " + strconv.Itoa(n) + " steps of task " + p.TaskUUID + " from " + p.From
 	if n > rowwise {
+		args := []any{now, p.Steps, p.TaskUUID, p.From, n, what, p.Queue, p.Priority, e.queueChannels([]string{p.Queue})[0], e.instance}
 		if pt, ok := e.q.(*pipeTx); ok {
-			pt.sends++ // see txExec.idle
+			pt.queueSending(what, enqueueMany, args...)
+			return nil
 		}
-		return e.execLater(ctx, what, enqueueMany, now, p.Steps, p.TaskUUID, p.From, n, what, p.Queue, p.Priority,
-			e.queueChannels([]string{p.Queue})[0], e.instance)
+		return e.execLater(ctx, what, enqueueMany, args...)
 	}
 	const update = `UPDATE tasker_steps SET state = 'enqueued', updated_at = $1, completed_at = NULL, next_retry_at = NULL
 		WHERE step_uuid = ANY($2) AND task_uuid = $3 AND state = $4`

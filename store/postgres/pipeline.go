@@ -46,6 +46,10 @@ type deferred struct {
 	sql  string
 	args []any
 	set  writeSet
+	// sends is set on a statement that inserts queue messages itself
+	// (queued with queueSending): sets of messages sent later must not
+	// join a set queued before it.
+	sends bool
 }
 
 var errTxDone = errors.New("transaction already committed or rolled back")
@@ -53,6 +57,13 @@ var errTxDone = errors.New("transaction already committed or rolled back")
 // queue defers a statement whose result nobody reads.
 func (p *pipeTx) queue(what, sql string, args ...any) {
 	p.pending = append(p.pending, deferred{what: what, sql: sql, args: args})
+}
+
+// queueSending defers a statement that sends queue messages of its own
+// (see deferred.sends); it counts as a send (see txExec.idle).
+func (p *pipeTx) queueSending(what, sql string, args ...any) {
+	p.sends++
+	p.pending = append(p.pending, deferred{what: what, sql: sql, args: args, sends: true})
 }
 
 // queueSet defers a write set: it joins the latest pending set it can

@@ -291,7 +291,8 @@ const taskPathHistory = `INSERT INTO tasker_task_transitions (task_uuid, from_st
 	FROM unnest($4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS h(from_state, to_state, event, ord)`
 
 // queueSends is a set of queue messages. Messages commute with every
-// other deferred write (nothing deferred reads or changes the queue), and
+// other deferred write but a statement that sends messages of its own (a
+// large enqueue; nothing else deferred reads or changes the queue), and
 // joined sets keep the order in which messages were sent, which claims
 // use to break priority ties.
 type queueSends struct {
@@ -309,7 +310,7 @@ func (s *queueSends) join(next writeSet) bool {
 	return true
 }
 
-func (s *queueSends) commutes(*deferred) bool { return true }
+func (s *queueSends) commutes(d *deferred) bool { return !d.sends }
 
 // sendMessages inserts queue messages (IDs in the order given) and
 // notifies each queue's channel once; PostgreSQL delivers the

@@ -366,6 +366,9 @@ func (e *executor) transitions(ctx context.Context, q, id string) ([]store.Trans
 // --- steps ---
 
 func (e *executor) StepsInsert(ctx context.Context, p store.StepsInsertParams) error {
+	if err := p.CheckEdges(); err != nil {
+		return err
+	}
 	now := tsOrNow(p.Now)
 	for _, s := range p.Steps {
 		if _, err := e.exec(ctx, `INSERT INTO tasker_steps (step_uuid, task_uuid, name, namespace, position, callable, state,

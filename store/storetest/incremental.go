@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +22,7 @@ func init() {
 		{"TaskProgress", testTaskProgress},
 		{"TaskProgressWideJoin", testTaskProgressWideJoin},
 		{"TaskProgressOneParent", testTaskProgressOneParent},
+		{"StepsInsertEdgesIntoItsSteps", testStepsInsertEdgesIntoItsSteps},
 		{"StepsEnqueue", testStepsEnqueue},
 		{"StepsEnqueueConflict", testStepsEnqueueConflict},
 		{"StepsEnqueueMany", testStepsEnqueueMany},
@@ -246,6 +249,36 @@ func testTaskProgressOneParent(s *suite) {
 	}
 }
 
+// testStepsInsertEdgesIntoItsSteps: an edge may come from a step stored
+// earlier, but it must lead into a step of the same insert; one that
+// leads into an earlier step is refused, naming it, and nothing of that
+// insert is stored.
+func testStepsInsertEdgesIntoItsSteps(s *suite) {
+	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
+	ids := s.dag(task, []string{"a", "x"}, map[string][]string{"x": {"a"}})
+	b, c := uuid.NewString(), uuid.NewString()
+	err := s.try(func(tx store.Tx) error {
+		return tx.StepsInsert(s.ctx, store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: t0,
+			Steps: []store.StepInsert{{UUID: b, Name: "b", Position: 2, Callable: "h.b", MaxAttempts: 1}},
+			Edges: []store.Edge{{From: b, To: ids["x"]}}})
+	})
+	if err == nil || !strings.Contains(err.Error(), ids["x"]) {
+		s.t.Errorf("edge into a step stored earlier: err = %v, want a refusal naming %s", err, ids["x"])
+	}
+	if _, err := s.r().StepGet(s.ctx, store.StepGetParams{UUID: b}); !errors.Is(err, store.ErrNotFound) {
+		s.t.Errorf("step of the refused insert: StepGet err = %v, want not found", err)
+	}
+	// From an earlier step into a new one is fine.
+	s.tx(func(tx store.Tx) error {
+		return tx.StepsInsert(s.ctx, store.StepsInsertParams{TaskUUID: task, Namespace: "ns", Now: t0,
+			Steps: []store.StepInsert{{UUID: c, Name: "c", Position: 3, Callable: "h.c", MaxAttempts: 1}},
+			Edges: []store.Edge{{From: ids["a"], To: c}}})
+	})
+	if got := s.step(c).Parents; len(got) != 1 || got[0] != ids["a"] {
+		s.t.Errorf("parents of a step inserted after its parent = %v, want [%s]", got, ids["a"])
+	}
+}
+
 func testStepsEnqueue(s *suite) {
 	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
 	ids := s.newSteps(task, "ns", "a", "b", "c", "d")
@@ -285,30 +318,30 @@ func testStepsEnqueue(s *suite) {
 	s.wantStrings("claim order follows Steps", order, []string{ids[2], ids[0], ids[3]})
 }
 
-// testStepsEnqueueConflict: one step not in From fails the transaction
-// with a state conflict and changes nothing.
 // testStepsEnqueueMany: an enqueue of more steps than a driver may write
-// a statement each for moves them all, records each one's history after
-// what it already had, sends their messages in the order given (claimed
-// in that order, with the priority asked for), and is refused whole when
-// one step is not in the From state.
+// a statement each for moves them all (from pending, and from a retry,
+// clearing its time), records each one's history after what it already
+// had, sends their messages in the order given (claimed in that order,
+// after a message sent before them and before one sent after them), and
+// is refused whole when one step is not in the From state.
 func testStepsEnqueueMany(s *suite) {
+	const n = 10
 	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
-	names := make([]string, 12)
+	names := make([]string, 2*n)
 	for i := range names {
 		names[i] = fmt.Sprintf("s%02d", i)
 	}
 	ids := s.newSteps(task, "ns", names...)
-	// Two steps come back from a retry: they have history already.
-	retried := []string{ids[3], ids[8]}
+	var pending, retried []string
+	for i := len(ids) - 1; i >= 0; i-- { // not in position order
+		if i%2 == 0 {
+			pending = append(pending, ids[i])
+		} else {
+			retried = append(retried, ids[i])
+		}
+	}
 	for _, id := range retried {
 		s.setState(id, "pending", "enqueued", "in_progress", "enqueued_as_error_for_orchestration", "waiting_for_retry")
-	}
-	var pending []string
-	for i := len(ids) - 1; i >= 0; i-- { // not in position order
-		if ids[i] != retried[0] && ids[i] != retried[1] {
-			pending = append(pending, ids[i])
-		}
 	}
 	other := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
 	otherIDs := s.newSteps(other, "ns", names...)
@@ -324,13 +357,33 @@ func testStepsEnqueueMany(s *suite) {
 	s.wantDepth(store.WorkerQueue("ns"), at(time.Minute), 0, 0)
 
 	now := at(2 * time.Minute)
+	// A step of the other task is sent the small way before them, and one
+	// after (both moved to enqueued first, so that nothing in between
+	// makes a driver send what it has deferred).
+	before, after := otherIDs[0], otherIDs[1]
+	send := func(tx store.Tx, step string) error {
+		return tx.QueueSend(s.ctx, store.QueueSendParams{Now: now, Messages: []store.QueueMessageInsert{
+			{Queue: store.WorkerQueue("ns"), TaskUUID: other, StepUUID: step, Priority: 7}}})
+	}
 	s.tx(func(tx store.Tx) error {
+		for _, id := range []string{before, after} {
+			if err := tx.StepTransition(s.ctx, store.StepTransitionParams{UUID: id, From: "pending", To: "enqueued",
+				Event: "enqueue", Now: now}); err != nil {
+				return err
+			}
+		}
+		if err := send(tx, before); err != nil {
+			return err
+		}
 		if err := tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: pending, From: "pending",
 			Queue: store.WorkerQueue("ns"), Priority: 7, Now: now}); err != nil {
 			return err
 		}
-		return tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: retried, From: "waiting_for_retry",
-			Queue: store.WorkerQueue("ns"), Priority: 7, Now: now})
+		if err := tx.StepsEnqueue(s.ctx, store.StepsEnqueueParams{TaskUUID: task, Steps: retried, From: "waiting_for_retry",
+			Queue: store.WorkerQueue("ns"), Priority: 7, Now: now}); err != nil {
+			return err
+		}
+		return send(tx, after)
 	})
 	for i, id := range ids {
 		st := s.step(id)
@@ -339,27 +392,35 @@ func testStepsEnqueueMany(s *suite) {
 				i, st.State, st.NextRetryAt, st.CompletedAt, st.UpdatedAt, now)
 		}
 		h := s.stepHistory(id)
-		if len(h) == 0 {
-			s.t.Errorf("step %d has no history", i)
+		want, from := 1, "pending"
+		if i%2 == 1 {
+			want, from = 5, "waiting_for_retry"
+		}
+		if len(h) != want {
+			s.t.Errorf("step %d has %d history rows, want %d", i, len(h), want)
 			continue
 		}
-		last, from := h[len(h)-1], "pending"
-		if id == retried[0] || id == retried[1] {
-			from = "waiting_for_retry"
-		}
-		if last.From != from || last.To != "enqueued" || last.Event != "enqueue" || last.SortKey != len(h) || !last.CreatedAt.Equal(now) {
-			s.t.Errorf("step %d: last history row %+v (of %d), want %s → enqueued at %v", i, last, len(h), from, now)
+		last := h[len(h)-1]
+		if last.From != from || last.To != "enqueued" || last.Event != "enqueue" || last.SortKey != want ||
+			last.Metadata != nil || !last.CreatedAt.Equal(now) {
+			s.t.Errorf("step %d: last history row %+v, want %s → enqueued, sort key %d, no metadata, at %v", i, last, from, want, now)
 		}
 	}
-	s.wantDepth(store.WorkerQueue("ns"), now, len(ids), 0)
-	claimed := s.claimSteps("ns", 2*len(ids), "w", now)
+	s.wantDepth(store.WorkerQueue("ns"), now, 2*n+2, 0)
+	claimed := s.claimSteps("ns", 4*n, "w", now)
 	var order []string
 	for _, c := range claimed {
 		order = append(order, c.StepUUID)
+		if c.StepUUID != before && c.StepUUID != after && (c.Message.Payload != nil || !c.Message.EnqueuedAt.Equal(now) ||
+			c.Message.TaskUUID != task || c.Message.Queue != store.WorkerQueue("ns")) {
+			s.t.Errorf("message of step %s = %+v, want task %s's, no payload, enqueued at %v", c.StepUUID, c.Message, task, now)
+		}
 	}
-	s.wantStrings("claim order follows Steps", order, append(append([]string(nil), pending...), retried...))
+	s.wantStrings("claim order follows the sends", order, append(append(append([]string{before}, pending...), retried...), after))
 }
 
+// testStepsEnqueueConflict: one step not in From fails the transaction
+// with a state conflict and changes nothing.
 func testStepsEnqueueConflict(s *suite) {
 	task := s.newTask(store.TaskInsertParams{State: "steps_in_process"})
 	ids := s.newSteps(task, "ns", "a", "b")
