@@ -512,11 +512,17 @@ func TestServeGracefulStop(t *testing.T) {
 		t.Errorf("the worker did not log its stop:\n%s", w.out.String())
 	}
 	// Every handler that was running finished: its result is recorded and
-	// no step needs its lease rescued or another attempt.
+	// no step needs its lease rescued or another attempt. No worker is
+	// left, so a step that lost its result would never finish: the wait
+	// is bounded, and says which step it was.
 	for _, id := range ids {
-		task, err := c.client.WaitTask(ctx, id)
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		task, err := c.client.WaitTask(wctx, id)
+		cancel()
 		if err != nil {
-			t.Fatal(err)
+			steps, _ := c.client.TaskSteps(ctx, id)
+			t.Fatalf("task %s did not finish after the worker stopped (%v); its steps: %+v\nworker output:\n%s",
+				id, err, steps, w.out.String())
 		}
 		steps, err := c.client.TaskSteps(ctx, id)
 		if err != nil {

@@ -515,6 +515,9 @@ func (w *Worker) claimParams(limit int) store.StepsClaimParams {
 // claimOnce claims up to the free capacity and reports how many steps it
 // got and whether that filled the request (more may be waiting).
 func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
+	if ctx.Err() != nil {
+		return 0, false, nil // stopping: no new claim
+	}
 	w.refreshDepth()
 	n := w.reserve()
 	if n == 0 {
@@ -529,7 +532,17 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	began := time.Now()
-	claimed, err := store.InTxClaim(ctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
+	// A claim that has begun runs to its end even if Stop cancels ctx
+	// meanwhile. Cut off between the server's COMMIT and its answer, it
+	// would leave its steps leased to this worker with no handler running
+	// them, until the leases expired and the attempts were counted as
+	// failed. Stop waits for this loop before it closes the dispatch
+	// channel, so the steps of a claim that finishes are run in the drain.
+	// StepLease bounds the wait: a claim that takes longer holds leases
+	// that have run out anyway.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.StepLease)
+	defer cancel()
+	claimed, err := store.InTxClaim(cctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
 	if err != nil {
 		w.giveBack(int64(n), true)
 		return 0, false, err

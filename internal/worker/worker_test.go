@@ -1230,3 +1230,114 @@ func TestWakeWhileCapacityReserved(t *testing.T) {
 		t.Fatal("the step was not claimed after the Handoff gave its capacity back")
 	}
 }
+
+// lateAnswer is a store whose claims commit but whose answer is held back
+// until answer is closed, as when the server has committed and its reply is
+// still on the way. A claim whose context ends before then fails, as a
+// driver's does when its context is cancelled while it waits for the
+// reply, although the claim is committed.
+type lateAnswer struct {
+	store.Driver
+	committed chan struct{} // closed once a claim that took steps committed
+	answer    chan struct{}
+	once      sync.Once
+}
+
+func (d *lateAnswer) Begin(ctx context.Context) (store.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &lateTx{Tx: tx, d: d}, nil
+}
+
+type lateTx struct {
+	store.Tx
+	d *lateAnswer
+}
+
+func (t *lateTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	var claimed []store.ClaimedStep
+	var err error
+	if cc, ok := t.Tx.(store.ClaimCommitter); ok {
+		claimed, err = cc.ClaimAndCommit(ctx, p)
+	} else if claimed, err = t.Tx.StepsClaim(ctx, p); err != nil {
+		_ = t.Tx.Rollback()
+	} else {
+		err = t.Tx.Commit()
+	}
+	if err != nil || len(claimed) == 0 {
+		return claimed, err
+	}
+	t.d.once.Do(func() { close(t.d.committed) })
+	select {
+	case <-t.d.answer:
+		return claimed, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// TestStopDuringClaim: Stop arrives while a claim has committed but not yet
+// answered. The claim still delivers its step, which runs in the drain and
+// has its result written. When Stop cut the claim off, the step stayed
+// in_progress with nobody running it until its lease expired, and the
+// rescue counted a failed attempt (seen in TestServeGracefulStop, whose
+// last step was then never run).
+func TestStopDuringClaim(t *testing.T) {
+	t.Parallel()
+	raw := openStore(t)
+	d := &lateAnswer{Driver: raw, committed: make(chan struct{}), answer: make(chan struct{})}
+	ids := seed(t, raw, "work")
+	ran := make(chan struct{}, 1)
+	resolve := resolverFor(map[string]Prepared{"work": handlerOf(func(context.Context) (any, error) {
+		ran <- struct{}{}
+		return "done", nil
+	})})
+	cfg := testConfig(&logCapture{})
+	cfg.HeartbeatInterval = time.Hour
+	w := New(d, resolve, (&completer{d: raw}).complete, nil, cfg)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.committed:
+	case <-time.After(waitLimit):
+		t.Fatal("the step was not claimed")
+	}
+	if s := getStep(t, raw, ids[0]); s.State != "in_progress" {
+		t.Fatalf("claimed step is %s, want in_progress", s.State)
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+		defer cancel()
+		stopped <- w.Stop(ctx)
+	}()
+	// Stop marks the worker stopped and cancels the claim loop right
+	// after; give it that moment before the claim answers.
+	eventually(t, "Stop to begin", func() bool {
+		w.life.Lock()
+		defer w.life.Unlock()
+		return w.stopped
+	})
+	time.Sleep(50 * time.Millisecond)
+	close(d.answer)
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Stop = %v, want nil", err)
+		}
+	case <-time.After(2 * waitLimit):
+		t.Fatal("Stop did not return")
+	}
+	select {
+	case <-ran:
+	default:
+		t.Error("the claimed step's handler never ran")
+	}
+	if s := getStep(t, raw, ids[0]); s.State != "enqueued_for_orchestration" || string(s.Result) != `"done"` || s.Attempts != 1 {
+		t.Errorf("step after Stop: state %s, result %s, attempts %d; want enqueued_for_orchestration, \"done\", 1",
+			s.State, s.Result, s.Attempts)
+	}
+}
