@@ -251,13 +251,17 @@ type Worker struct {
 	stopped     bool
 	baseCancel  context.CancelCauseFunc
 	claimCancel context.CancelCauseFunc
-	hCtx        context.Context
-	hCancel     context.CancelCauseFunc
-	handlers    sync.WaitGroup
-	claimDone   chan struct{}
-	dispDone    chan struct{}
-	compDone    chan struct{}
-	beatDone    chan struct{}
+	// claimAbort ends a claim in flight; Stop calls it only once its
+	// budget is spent (see claimOnce).
+	claimAbort    context.Context
+	claimAbortNow context.CancelCauseFunc
+	hCtx          context.Context
+	hCancel       context.CancelCauseFunc
+	handlers      sync.WaitGroup
+	claimDone     chan struct{}
+	dispDone      chan struct{}
+	compDone      chan struct{}
+	beatDone      chan struct{}
 }
 
 // New returns a worker. callback may be nil.
@@ -337,6 +341,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	base, baseCancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	claimCtx, claimCancel := context.WithCancelCause(base)
 	w.baseCancel, w.claimCancel = baseCancel, claimCancel
+	w.claimAbort, w.claimAbortNow = context.WithCancelCause(base)
 	w.hCtx, w.hCancel = context.WithCancelCause(base)
 	w.claimDone, w.dispDone = make(chan struct{}), make(chan struct{})
 	w.compDone, w.beatDone = make(chan struct{}), make(chan struct{})
@@ -362,8 +367,17 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.stopped = true
 	w.life.Unlock()
 
+	// The claim loop starts no new claim; one in flight finishes, and its
+	// steps run in the drain, unless the budget runs out first.
+	var budgetErr error
 	w.claimCancel(ErrStopping)
-	<-w.claimDone
+	select {
+	case <-w.claimDone:
+	case <-ctx.Done():
+		budgetErr = fmt.Errorf("stop worker: drain budget exhausted during a claim: %w", context.Cause(ctx))
+		w.claimAbortNow(budgetErr)
+		<-w.claimDone
+	}
 	w.handoffMu.Lock()
 	w.stopping = true
 	w.handoffMu.Unlock()
@@ -385,11 +399,12 @@ func (w *Worker) Stop(ctx context.Context) error {
 		w.handlers.Wait()
 		close(handlersDone)
 	}()
-	var budgetErr error
 	select {
 	case <-handlersDone:
 	case <-ctx.Done():
-		budgetErr = fmt.Errorf("stop worker: drain budget exhausted with %d steps in flight: %w", w.InFlight(), context.Cause(ctx))
+		if budgetErr == nil {
+			budgetErr = fmt.Errorf("stop worker: drain budget exhausted with %d steps in flight: %w", w.InFlight(), context.Cause(ctx))
+		}
 		w.hCancel(ErrStopping)
 		select {
 		case <-handlersDone:
@@ -538,9 +553,10 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 	// them, until the leases expired and the attempts were counted as
 	// failed. Stop waits for this loop before it closes the dispatch
 	// channel, so the steps of a claim that finishes are run in the drain.
-	// StepLease bounds the wait: a claim that takes longer holds leases
-	// that have run out anyway.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.StepLease)
+	// Only Stop's budget running out (claimAbort) cuts it off, and
+	// StepLease bounds it: a claim that takes longer holds leases that
+	// have run out anyway.
+	cctx, cancel := context.WithTimeout(w.claimAbort, w.cfg.StepLease)
 	defer cancel()
 	claimed, err := store.InTxClaim(cctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
 	if err != nil {

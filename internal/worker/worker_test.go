@@ -1341,3 +1341,33 @@ func TestStopDuringClaim(t *testing.T) {
 			s.State, s.Result, s.Attempts)
 	}
 }
+
+// TestStopBudgetDuringClaim: a claim that does not answer holds Stop only
+// until its budget is spent; then it is cut off and Stop says why.
+func TestStopBudgetDuringClaim(t *testing.T) {
+	t.Parallel()
+	raw := openStore(t)
+	d := &lateAnswer{Driver: raw, committed: make(chan struct{}), answer: make(chan struct{})}
+	seed(t, raw, "work")
+	resolve := resolverFor(map[string]Prepared{"work": returning("done", nil)})
+	cfg := testConfig(&logCapture{})
+	cfg.HeartbeatInterval = time.Hour
+	w := New(d, resolve, (&completer{d: raw}).complete, nil, cfg)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.committed:
+	case <-time.After(waitLimit):
+		t.Fatal("the step was not claimed")
+	}
+	const budget = 300 * time.Millisecond
+	began := time.Now()
+	err := stopWithin(t, w, budget)
+	if took := time.Since(began); took > budget+2*time.Second {
+		t.Errorf("Stop took %s with a %s budget and a claim that never answers", took, budget)
+	}
+	if err == nil || !strings.Contains(err.Error(), "during a claim") {
+		t.Errorf("Stop = %v, want the budget spent during a claim", err)
+	}
+}
