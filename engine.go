@@ -347,10 +347,12 @@ func (e *Engine) forwardCompletions(ctx context.Context, comps []store.StepCompl
 	return orchestration.ForwardCompletions(ctx, e.driver, comps)
 }
 
-// Stop drains the engine gracefully: the worker stops claiming, handlers in
-// flight finish within ctx's deadline and their results are written, then
-// the orchestrator stops. Steps still running past the deadline are left to
-// their leases and run again later; nothing is lost.
+// Stop drains the engine gracefully: the worker stops claiming (a claim
+// already under way finishes, and its steps run), handlers in flight finish
+// within ctx's deadline and their results are written, then the
+// orchestrator stops. Steps still running past the deadline, or claimed by
+// a claim the deadline cut off, are left to their leases and run again
+// later, the attempt counted as failed; nothing is lost.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	w, started := e.worker, e.started

@@ -251,10 +251,14 @@ type Worker struct {
 	stopped     bool
 	baseCancel  context.CancelCauseFunc
 	claimCancel context.CancelCauseFunc
-	// claimAbort ends a claim in flight; Stop calls it only once its
-	// budget is spent (see claimOnce).
+	// claimCtx ends the claim loop (Stop cancels it first); claimAbort
+	// ends a claim already under way, which Stop does through
+	// claimAbortNow only once its budget is spent (see claimOnce).
+	// claimCut records that it did so to a claim in flight.
+	claimCtx      context.Context
 	claimAbort    context.Context
 	claimAbortNow context.CancelCauseFunc
+	claimCut      atomic.Bool
 	hCtx          context.Context
 	hCancel       context.CancelCauseFunc
 	handlers      sync.WaitGroup
@@ -340,7 +344,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	// long before the worker should.
 	base, baseCancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	claimCtx, claimCancel := context.WithCancelCause(base)
-	w.baseCancel, w.claimCancel = baseCancel, claimCancel
+	w.baseCancel, w.claimCtx, w.claimCancel = baseCancel, claimCtx, claimCancel
 	w.claimAbort, w.claimAbortNow = context.WithCancelCause(base)
 	w.hCtx, w.hCancel = context.WithCancelCause(base)
 	w.claimDone, w.dispDone = make(chan struct{}), make(chan struct{})
@@ -353,10 +357,12 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop drains the pipeline: it stops claiming, lets handlers in flight
-// finish within ctx's budget, writes every result that reached the
-// completion channel, then returns. Handlers still running when the budget
-// ends are cancelled; their steps are released to lease expiry, never lost.
+// Stop drains the pipeline: it stops claiming (a claim already under way
+// finishes and its steps run), lets handlers in flight finish within ctx's
+// budget, writes every result that reached the completion channel, then
+// returns. Handlers still running when the budget ends are cancelled, and a
+// claim still under way is cut off; their steps are released to lease
+// expiry, never lost, and the attempt they were on counts as failed.
 func (w *Worker) Stop(ctx context.Context) error {
 	w.life.Lock()
 	if !w.started || w.stopped {
@@ -374,9 +380,11 @@ func (w *Worker) Stop(ctx context.Context) error {
 	select {
 	case <-w.claimDone:
 	case <-ctx.Done():
-		budgetErr = fmt.Errorf("stop worker: drain budget exhausted during a claim: %w", context.Cause(ctx))
-		w.claimAbortNow(budgetErr)
+		w.claimAbortNow(ErrStopping)
 		<-w.claimDone
+		if w.claimCut.Load() {
+			budgetErr = fmt.Errorf("stop worker: drain budget exhausted during a claim: %w", context.Cause(ctx))
+		}
 	}
 	w.handoffMu.Lock()
 	w.stopping = true
@@ -547,20 +555,34 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	began := time.Now()
-	// A claim that has begun runs to its end even if Stop cancels ctx
-	// meanwhile. Cut off between the server's COMMIT and its answer, it
-	// would leave its steps leased to this worker with no handler running
-	// them, until the leases expired and the attempts were counted as
-	// failed. Stop waits for this loop before it closes the dispatch
-	// channel, so the steps of a claim that finishes are run in the drain.
-	// Only Stop's budget running out (claimAbort) cuts it off, and
-	// StepLease bounds it: a claim that takes longer holds leases that
-	// have run out anyway.
-	cctx, cancel := context.WithTimeout(w.claimAbort, w.cfg.StepLease)
-	defer cancel()
-	claimed, err := store.InTxClaim(cctx, w.d, func(store.Tx) (store.StepsClaimParams, error) { return p, nil })
+	// Until its transaction has begun (the wait for SQLite's writer or a
+	// pool connection), Stop cancelling ctx ends the claim, and nothing is
+	// claimed. From then on it runs to its end: cut off between the
+	// server's COMMIT and its answer, it would leave its steps leased to
+	// this worker with no handler running them, until the leases expired
+	// and the attempts were counted as failed. Stop waits for this loop
+	// before it closes the dispatch channel, so the steps of a claim that
+	// finishes run in the drain. Only Stop's budget running out
+	// (claimAbort) cuts a claim under way off.
+	cctx, abort := context.WithCancelCause(w.claimAbort)
+	defer abort(nil)
+	stopWait := context.AfterFunc(ctx, func() { abort(ErrStopping) })
+	defer stopWait()
+	underway := false
+	claimed, err := store.InTxClaim(cctx, w.d, func(store.Tx) (store.StepsClaimParams, error) {
+		if !stopWait() {
+			return p, ErrStopping // Stop came while the transaction began
+		}
+		underway = true
+		return p, nil
+	})
 	if err != nil {
 		w.giveBack(int64(n), true)
+		if underway && w.claimAbort.Err() != nil {
+			w.claimCut.Store(true)
+			w.log.Warn("claim cut off by the end of the stop budget; steps it may have committed return after their lease",
+				"error", err)
+		}
 		return 0, false, err
 	}
 	w.claimTime.observe(time.Since(began))

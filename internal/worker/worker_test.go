@@ -1314,14 +1314,8 @@ func TestStopDuringClaim(t *testing.T) {
 		defer cancel()
 		stopped <- w.Stop(ctx)
 	}()
-	// Stop marks the worker stopped and cancels the claim loop right
-	// after; give it that moment before the claim answers.
-	eventually(t, "Stop to begin", func() bool {
-		w.life.Lock()
-		defer w.life.Unlock()
-		return w.stopped
-	})
-	time.Sleep(50 * time.Millisecond)
+	// The claim answers only once Stop has cancelled the claim loop.
+	eventually(t, "Stop to cancel the claim loop", func() bool { return w.claimCtx.Err() != nil })
 	close(d.answer)
 	select {
 	case err := <-stopped:
@@ -1348,7 +1342,7 @@ func TestStopBudgetDuringClaim(t *testing.T) {
 	t.Parallel()
 	raw := openStore(t)
 	d := &lateAnswer{Driver: raw, committed: make(chan struct{}), answer: make(chan struct{})}
-	seed(t, raw, "work")
+	ids := seed(t, raw, "work")
 	resolve := resolverFor(map[string]Prepared{"work": returning("done", nil)})
 	cfg := testConfig(&logCapture{})
 	cfg.HeartbeatInterval = time.Hour
@@ -1367,7 +1361,46 @@ func TestStopBudgetDuringClaim(t *testing.T) {
 	if took := time.Since(began); took > budget+2*time.Second {
 		t.Errorf("Stop took %s with a %s budget and a claim that never answers", took, budget)
 	}
-	if err == nil || !strings.Contains(err.Error(), "during a claim") {
+	if err == nil || !strings.Contains(err.Error(), "during a claim") || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Stop = %v, want the budget spent during a claim", err)
+	}
+	// What a budget spent this way costs: the step the claim committed is
+	// left to its lease, as a handler still running at that point is.
+	if s := getStep(t, raw, ids[0]); s.State != "in_progress" {
+		t.Errorf("step after the cut-off claim is %s, want in_progress until its lease ends", s.State)
+	}
+}
+
+// TestStopWhileClaimWaitsToBegin: a claim still waiting for its transaction
+// (here SQLite's writer, held by another transaction) ends when Stop
+// begins, claims nothing and does not hold Stop up.
+func TestStopWhileClaimWaitsToBegin(t *testing.T) {
+	t.Parallel()
+	d := openStore(t)
+	ids := seed(t, d, "work")
+	resolve := resolverFor(map[string]Prepared{"work": returning("done", nil)})
+	cfg := testConfig(&logCapture{})
+	w := New(d, resolve, (&completer{d: d}).complete, nil, cfg)
+	tx, err := d.Begin(t.Context()) // holds the writer
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * cfg.PollInterval) // the claim loop is waiting for the writer
+	began := time.Now()
+	if err := stopWithin(t, w, waitLimit); err != nil {
+		t.Fatalf("Stop = %v, want nil", err)
+	}
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("Stop took %s while a claim waited for the writer", took)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if s := getStep(t, d, ids[0]); s.State != "enqueued" || s.Attempts != 0 {
+		t.Errorf("step after Stop: %s, attempt %d; want enqueued and never attempted", s.State, s.Attempts)
 	}
 }
