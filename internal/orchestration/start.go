@@ -2,6 +2,7 @@ package orchestration
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -56,25 +57,65 @@ func claimQueues(claim store.StepsClaimParams) []string {
 // store.InTxClaim and claimFor), leaving the steps fn's evaluations make
 // ready to the claim where it has room for them (see starter). It returns
 // what the claim took: the started steps, then the claimed ones.
+//
+// ctx ending stops the transaction only until fn has returned. The claim
+// and the COMMIT that follow run to their end (within commitLimit): cut
+// off between the server's COMMIT and its answer, the transaction would
+// be committed while its caller saw an error, and the steps it claimed
+// would stay leased with no handler until their leases expired, at the
+// cost of an attempt. That is what a CreateTask whose caller gives up
+// (an HTTP client that disconnects) would otherwise risk.
 func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimParams, now time.Time, eff *effects,
 	fn func(tx store.Tx) error) ([]store.ClaimedStep, error) {
-	return store.InTxClaim(ctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
-		var st *starter
-		if claim.Limit > 0 && len(claim.Queues) > 0 && !o.noDirectStart {
-			st = &starter{claim: claim, left: claim.Limit}
+	tctx, end := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer end(nil)
+	follow := context.AfterFunc(ctx, func() { end(context.Cause(ctx)) })
+	defer follow()
+	var limit *time.Timer
+	defer func() {
+		if limit != nil {
+			limit.Stop()
 		}
-		eff.start, eff.direct = st, nil
-		defer func() { eff.start = nil }()
-		if err := fn(tx); err != nil {
-			return store.StepsClaimParams{}, err
+	}()
+	return store.InTxClaim(tctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
+		c, err := o.claimIn(tx, claim, now, eff, fn)
+		if err != nil {
+			return c, err
 		}
-		c := o.claimFor(claim, now)
-		if st != nil {
-			c.Start = st.steps
-			for _, s := range st.steps {
-				eff.direct = append(eff.direct, s.UUID)
-			}
+		if !follow() {
+			eff.direct = nil
+			return c, context.Cause(ctx) // ctx ended before the commit began
 		}
+		limit = time.AfterFunc(commitLimit, func() { end(errCommitLimit) })
 		return c, nil
 	})
+}
+
+// commitLimit bounds the claim and COMMIT that end an orchestration
+// transaction once its caller's context no longer can (see inTxClaim).
+const commitLimit = 30 * time.Second
+
+var errCommitLimit = errors.New("orchestration: claim and commit took longer than " + commitLimit.String())
+
+// claimIn runs fn in tx and returns the claim that ends the transaction
+// (see inTxClaim).
+func (o *Orchestrator) claimIn(tx store.Tx, claim store.StepsClaimParams, now time.Time, eff *effects,
+	fn func(tx store.Tx) error) (store.StepsClaimParams, error) {
+	var st *starter
+	if claim.Limit > 0 && len(claim.Queues) > 0 && !o.noDirectStart {
+		st = &starter{claim: claim, left: claim.Limit}
+	}
+	eff.start, eff.direct = st, nil
+	defer func() { eff.start = nil }()
+	if err := fn(tx); err != nil {
+		return store.StepsClaimParams{}, err
+	}
+	c := o.claimFor(claim, now)
+	if st != nil {
+		c.Start = st.steps
+		for _, s := range st.steps {
+			eff.direct = append(eff.direct, s.UUID)
+		}
+	}
+	return c, nil
 }

@@ -1,7 +1,9 @@
 package orchestration
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -175,5 +177,89 @@ func TestClaimedKeepsWakeForEnqueuedStarts(t *testing.T) {
 				t.Errorf("worker woken for shop: %v, want %v", wake, tc.wantWake)
 			}
 		})
+	}
+}
+
+// heldAnswer is a store whose claims commit but whose answer waits until
+// answer is closed, as when the server has committed and its reply is on
+// the way. A claim whose context ends first fails, as a driver's does when
+// its context is cancelled while it waits for the reply.
+type heldAnswer struct {
+	store.Driver
+	committed, answer chan struct{}
+}
+
+func (d *heldAnswer) Begin(ctx context.Context) (store.Tx, error) {
+	tx, err := d.Driver.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &heldTx{Tx: tx, d: d}, nil
+}
+
+type heldTx struct {
+	store.Tx
+	d *heldAnswer
+}
+
+func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	var claimed []store.ClaimedStep
+	var err error
+	if cc, ok := t.Tx.(store.ClaimCommitter); ok {
+		claimed, err = cc.ClaimAndCommit(ctx, p)
+	} else if claimed, err = t.Tx.StepsClaim(ctx, p); err != nil {
+		_ = t.Tx.Rollback()
+	} else {
+		err = t.Tx.Commit()
+	}
+	if err != nil {
+		return nil, err
+	}
+	close(t.d.committed)
+	select {
+	case <-t.d.answer:
+		return claimed, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// A caller that gives up while its CreateTask is committing (an HTTP
+// client that disconnects) does not split the outcome: the task is
+// created, and the steps its transaction claimed for the worker are
+// returned to it to run, not left leased with nobody running them until
+// their leases expire and an attempt is counted against them.
+func TestCreateAnswersAfterCallerGivesUp(t *testing.T) {
+	h := newHarness(t)
+	d := &heldAnswer{Driver: h.d, committed: make(chan struct{}), answer: make(chan struct{})}
+	orch := New(d, h.orch.Templates(), h.notes, Config{Owner: "orch-test", JitterFraction: -1, Now: h.clock.Now})
+	ctx, giveUp := context.WithCancel(h.ctx)
+	go func() {
+		<-d.committed
+		giveUp()
+		time.Sleep(50 * time.Millisecond) // an answer cut off by ctx would be gone by now
+		close(d.answer)
+	}()
+	task, _, _, claimed, err := orch.CreateTaskAndClaim(ctx, CreateTaskParams{Namespace: testNS, Name: "unique"}, h.workerClaim(1))
+	if err != nil {
+		t.Fatalf("CreateTaskAndClaim = %v; the task and its claim were committed", err)
+	}
+	if len(claimed) != 1 || claimed[0].TaskUUID != task.UUID {
+		t.Fatalf("claimed %+v, want the new task's step", claimed)
+	}
+	if s := h.step(task.UUID, "only"); s.State != "in_progress" || s.Attempts != 1 {
+		t.Errorf("step %s, attempt %d; want in_progress on attempt 1", s.State, s.Attempts)
+	}
+
+	// A caller that gave up before the commit began gets its error, and
+	// nothing is created.
+	gone, cancel := context.WithCancel(h.ctx)
+	cancel()
+	before := h.taskCount()
+	if _, _, _, _, err := orch.CreateTaskAndClaim(gone, CreateTaskParams{Namespace: testNS, Name: "unique"}, h.workerClaim(1)); !errors.Is(err, context.Canceled) {
+		t.Errorf("CreateTaskAndClaim with a cancelled context = %v, want context.Canceled", err)
+	}
+	if n := h.taskCount(); n != before {
+		t.Errorf("%d tasks after a cancelled create, want %d", n, before)
 	}
 }
