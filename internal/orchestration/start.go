@@ -3,6 +3,7 @@ package orchestration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -58,26 +59,23 @@ func claimQueues(claim store.StepsClaimParams) []string {
 // ready to the claim where it has room for them (see starter). It returns
 // what the claim took: the started steps, then the claimed ones.
 //
-// ctx ending stops the transaction only until fn has returned. The claim
-// and the COMMIT that follow run to their end (within commitLimit): cut
-// off between the server's COMMIT and its answer, the transaction would
-// be committed while its caller saw an error, and the steps it claimed
-// would stay leased with no handler until their leases expired, at the
-// cost of an attempt. That is what a CreateTask whose caller gives up
-// (an HTTP client that disconnects) would otherwise risk.
+// ctx ending stops the transaction only until fn has returned; then the
+// claim and the COMMIT run to their end. Cut off between the server's
+// COMMIT and its answer, the transaction would be committed while its
+// caller saw an error, and the steps it claimed would stay leased with no
+// handler until their leases expired, at the cost of an attempt: what a
+// CreateTask whose caller gives up (an HTTP client that disconnects)
+// risked. A caller that has given up by then leaves the COMMIT
+// commitLimit to answer; one still waiting is not limited, as before.
 func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimParams, now time.Time, eff *effects,
 	fn func(tx store.Tx) error) ([]store.ClaimedStep, error) {
 	tctx, end := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer end(nil)
 	follow := context.AfterFunc(ctx, func() { end(context.Cause(ctx)) })
 	defer follow()
-	var limit *time.Timer
-	defer func() {
-		if limit != nil {
-			limit.Stop()
-		}
-	}()
-	return store.InTxClaim(tctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
+	disarm := func() bool { return false }
+	defer func() { disarm() }()
+	claimed, err := store.InTxClaim(tctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
 		c, err := o.claimIn(tx, claim, now, eff, fn)
 		if err != nil {
 			return c, err
@@ -86,16 +84,30 @@ func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimPara
 			eff.direct = nil
 			return c, context.Cause(ctx) // ctx ended before the commit began
 		}
-		limit = time.AfterFunc(commitLimit, func() { end(errCommitLimit) })
+		disarm = context.AfterFunc(ctx, func() {
+			time.AfterFunc(commitLimit, func() { end(errCommitLimit) })
+		})
 		return c, nil
 	})
+	switch {
+	case err == nil:
+	case errors.Is(context.Cause(tctx), errCommitLimit):
+		err = fmt.Errorf("%w: %w: %w", store.ErrUnavailable, errCommitLimit, err)
+	case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+		// The driver reports the transaction's own context, cancelled
+		// because ctx ended: say how ctx ended (a deadline is not a
+		// caller that went away).
+		err = fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
+	return claimed, err
 }
 
 // commitLimit bounds the claim and COMMIT that end an orchestration
-// transaction once its caller's context no longer can (see inTxClaim).
+// transaction once its caller has given up (see inTxClaim).
 const commitLimit = 30 * time.Second
 
-var errCommitLimit = errors.New("orchestration: claim and commit took longer than " + commitLimit.String())
+var errCommitLimit = errors.New("orchestration: claim and commit still unanswered " + commitLimit.String() +
+	" after the caller gave up")
 
 // claimIn runs fn in tx and returns the claim that ends the transaction
 // (see inTxClaim).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,11 +183,13 @@ func TestClaimedKeepsWakeForEnqueuedStarts(t *testing.T) {
 
 // heldAnswer is a store whose claims commit but whose answer waits until
 // answer is closed, as when the server has committed and its reply is on
-// the way. A claim whose context ends first fails, as a driver's does when
-// its context is cancelled while it waits for the reply.
+// the way. A claim whose context has ended by then fails, as a driver's
+// does when its context is cancelled while it waits for the reply.
 type heldAnswer struct {
 	store.Driver
-	committed, answer chan struct{}
+	answer    chan struct{}
+	committed chan struct{} // receives once per claim that committed
+	claims    atomic.Int32  // claims and commits attempted
 }
 
 func (d *heldAnswer) Begin(ctx context.Context) (store.Tx, error) {
@@ -203,6 +206,7 @@ type heldTx struct {
 }
 
 func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
+	t.d.claims.Add(1)
 	var claimed []store.ClaimedStep
 	var err error
 	if cc, ok := t.Tx.(store.ClaimCommitter); ok {
@@ -215,13 +219,18 @@ func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) (
 	if err != nil {
 		return nil, err
 	}
-	close(t.d.committed)
+	select {
+	case t.d.committed <- struct{}{}:
+	default:
+	}
 	select {
 	case <-t.d.answer:
-		return claimed, nil
 	case <-ctx.Done():
-		return nil, context.Cause(ctx)
 	}
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return claimed, nil
 }
 
 // A caller that gives up while its CreateTask is committing (an HTTP
@@ -231,13 +240,12 @@ func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) (
 // their leases expire and an attempt is counted against them.
 func TestCreateAnswersAfterCallerGivesUp(t *testing.T) {
 	h := newHarness(t)
-	d := &heldAnswer{Driver: h.d, committed: make(chan struct{}), answer: make(chan struct{})}
+	d := &heldAnswer{Driver: h.d, committed: make(chan struct{}, 1), answer: make(chan struct{})}
 	orch := New(d, h.orch.Templates(), h.notes, Config{Owner: "orch-test", JitterFraction: -1, Now: h.clock.Now})
 	ctx, giveUp := context.WithCancel(h.ctx)
 	go func() {
 		<-d.committed
 		giveUp()
-		time.Sleep(50 * time.Millisecond) // an answer cut off by ctx would be gone by now
 		close(d.answer)
 	}()
 	task, _, _, claimed, err := orch.CreateTaskAndClaim(ctx, CreateTaskParams{Namespace: testNS, Name: "unique"}, h.workerClaim(1))
@@ -250,16 +258,76 @@ func TestCreateAnswersAfterCallerGivesUp(t *testing.T) {
 	if s := h.step(task.UUID, "only"); s.State != "in_progress" || s.Attempts != 1 {
 		t.Errorf("step %s, attempt %d; want in_progress on attempt 1", s.State, s.Attempts)
 	}
+}
 
-	// A caller that gave up before the commit began gets its error, and
-	// nothing is created.
-	gone, cancel := context.WithCancel(h.ctx)
-	cancel()
-	before := h.taskCount()
-	if _, _, _, _, err := orch.CreateTaskAndClaim(gone, CreateTaskParams{Namespace: testNS, Name: "unique"}, h.workerClaim(1)); !errors.Is(err, context.Canceled) {
-		t.Errorf("CreateTaskAndClaim with a cancelled context = %v, want context.Canceled", err)
+// A caller that gives up while the transaction's work is still being done
+// gets its error; the transaction is rolled back and its claim never sent.
+// A deadline is reported as a deadline (the API answers 503 to that, and
+// nothing to a client that went away).
+func TestOrchestrationGivesUpBeforeCommit(t *testing.T) {
+	for _, how := range []string{"cancelled", "deadline"} {
+		t.Run(how, func(t *testing.T) {
+			h := newHarness(t)
+			d := &heldAnswer{Driver: h.d, committed: make(chan struct{}, 1), answer: make(chan struct{})}
+			close(d.answer)
+			orch := New(d, h.orch.Templates(), h.notes, Config{Owner: "orch-test", JitterFraction: -1, Now: h.clock.Now})
+			ctx, cancel := context.WithCancel(h.ctx)
+			want := context.Canceled
+			if how == "deadline" {
+				ctx, cancel = context.WithTimeout(h.ctx, 20*time.Millisecond)
+				want = context.DeadlineExceeded
+			}
+			defer cancel()
+			taskUUID := "given-up-task"
+			eff := newEffects()
+			_, err := orch.inTxClaim(ctx, h.workerClaim(1), h.clock.Now(), eff, func(tx store.Tx) error {
+				if err := tx.TaskInsert(ctx, store.TaskInsertParams{UUID: taskUUID, Namespace: testNS, Name: "unique",
+					Version: "1.0.0", State: "pending", Context: json.RawMessage(`{}`), Now: h.clock.Now()}); err != nil {
+					return err
+				}
+				if how == "cancelled" {
+					cancel()
+				}
+				<-ctx.Done()
+				return nil
+			})
+			if !errors.Is(err, want) {
+				t.Errorf("inTxClaim = %v, want %v", err, want)
+			}
+			if n := d.claims.Load(); n != 0 {
+				t.Errorf("%d claims sent after the caller gave up, want 0", n)
+			}
+			if eff.direct != nil {
+				t.Errorf("direct starts %v kept after the rollback", eff.direct)
+			}
+			if got, err := h.d.Reader().TaskGet(h.ctx, store.TaskGetParams{UUID: taskUUID}); err == nil && got != nil {
+				t.Errorf("task %s exists after the rollback", taskUUID)
+			}
+		})
 	}
-	if n := h.taskCount(); n != before {
-		t.Errorf("%d tasks after a cancelled create, want %d", n, before)
+}
+
+// A deadline that passes while the transaction waits to begin (here for
+// SQLite's writer) is reported as a deadline, not as the cancellation of
+// the transaction's own context that the driver sees.
+func TestOrchestrationDeadlineBeforeBegin(t *testing.T) {
+	h := newHarness(t)
+	hold, err := h.d.Begin(h.ctx) // holds the writer
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Rollback()
+	ctx, cancel := context.WithTimeout(h.ctx, 50*time.Millisecond)
+	defer cancel()
+	ran := false
+	_, err = h.orch.inTxClaim(ctx, h.workerClaim(1), h.clock.Now(), newEffects(), func(store.Tx) error {
+		ran = true
+		return nil
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("inTxClaim = %v, want context.DeadlineExceeded", err)
+	}
+	if ran {
+		t.Error("the transaction's work ran although it never began")
 	}
 }
