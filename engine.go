@@ -350,9 +350,12 @@ func (e *Engine) forwardCompletions(ctx context.Context, comps []store.StepCompl
 // Stop drains the engine gracefully: the worker stops claiming (a claim
 // already under way finishes, and its steps run), handlers in flight finish
 // within ctx's deadline and their results are written, then the
-// orchestrator stops. Steps still running past the deadline, or claimed by
-// a claim the deadline cut off, are left to their leases and run again
-// later, the attempt counted as failed; nothing is lost.
+// orchestrator stops. Steps still running past the deadline, or taken by
+// a worker claim the deadline cut off, are left to their leases and run
+// again later, the attempt counted as failed; nothing is lost. An
+// orchestration transaction (a result's, a create's) that was committing
+// when the deadline passed is let finish rather than cut off, since its
+// outcome would be unknown.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	w, started := e.worker, e.started
@@ -378,6 +381,9 @@ func (e *Engine) Stop(ctx context.Context) error {
 }
 
 // Close stops the engine if needed (with a 30s drain) and closes the store.
+// A transaction whose claim and COMMIT were already on their way to the
+// database when its caller gave up is let finish first, for up to 30s
+// more if the database does not answer (see Stop).
 func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
