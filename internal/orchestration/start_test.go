@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tasker-go/tasker/state"
 	"github.com/tasker-go/tasker/store"
+	"github.com/tasker-go/tasker/store/storetest"
 )
 
 func (h *harness) workerClaim(limit int) store.StepsClaimParams {
@@ -181,58 +181,6 @@ func TestClaimedKeepsWakeForEnqueuedStarts(t *testing.T) {
 	}
 }
 
-// heldAnswer is a store whose claims commit but whose answer waits until
-// answer is closed, as when the server has committed and its reply is on
-// the way. A claim whose context has ended by then fails, as a driver's
-// does when its context is cancelled while it waits for the reply.
-type heldAnswer struct {
-	store.Driver
-	answer    chan struct{}
-	committed chan struct{} // receives once per claim that committed
-	claims    atomic.Int32  // claims and commits attempted
-}
-
-func (d *heldAnswer) Begin(ctx context.Context) (store.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &heldTx{Tx: tx, d: d}, nil
-}
-
-type heldTx struct {
-	store.Tx
-	d *heldAnswer
-}
-
-func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
-	t.d.claims.Add(1)
-	var claimed []store.ClaimedStep
-	var err error
-	if cc, ok := t.Tx.(store.ClaimCommitter); ok {
-		claimed, err = cc.ClaimAndCommit(ctx, p)
-	} else if claimed, err = t.Tx.StepsClaim(ctx, p); err != nil {
-		_ = t.Tx.Rollback()
-	} else {
-		err = t.Tx.Commit()
-	}
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case t.d.committed <- struct{}{}:
-	default:
-	}
-	select {
-	case <-t.d.answer:
-	case <-ctx.Done():
-	}
-	if err := context.Cause(ctx); err != nil {
-		return nil, err
-	}
-	return claimed, nil
-}
-
 // A caller that gives up while its CreateTask is committing (an HTTP
 // client that disconnects) does not split the outcome: the task is
 // created, and the steps its transaction claimed for the worker are
@@ -240,13 +188,13 @@ func (t *heldTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) (
 // their leases expire and an attempt is counted against them.
 func TestCreateAnswersAfterCallerGivesUp(t *testing.T) {
 	h := newHarness(t)
-	d := &heldAnswer{Driver: h.d, committed: make(chan struct{}, 1), answer: make(chan struct{})}
+	d := storetest.NewHeldAnswer(h.d)
 	orch := New(d, h.orch.Templates(), h.notes, Config{Owner: "orch-test", JitterFraction: -1, Now: h.clock.Now})
 	ctx, giveUp := context.WithCancel(h.ctx)
 	go func() {
-		<-d.committed
+		<-d.Committed
 		giveUp()
-		close(d.answer)
+		close(d.Answer)
 	}()
 	task, _, _, claimed, err := orch.CreateTaskAndClaim(ctx, CreateTaskParams{Namespace: testNS, Name: "unique"}, h.workerClaim(1))
 	if err != nil {
@@ -268,8 +216,8 @@ func TestOrchestrationGivesUpBeforeCommit(t *testing.T) {
 	for _, how := range []string{"cancelled", "deadline"} {
 		t.Run(how, func(t *testing.T) {
 			h := newHarness(t)
-			d := &heldAnswer{Driver: h.d, committed: make(chan struct{}, 1), answer: make(chan struct{})}
-			close(d.answer)
+			d := storetest.NewHeldAnswer(h.d)
+			close(d.Answer)
 			orch := New(d, h.orch.Templates(), h.notes, Config{Owner: "orch-test", JitterFraction: -1, Now: h.clock.Now})
 			ctx, cancel := context.WithCancel(h.ctx)
 			want := context.Canceled
@@ -294,7 +242,7 @@ func TestOrchestrationGivesUpBeforeCommit(t *testing.T) {
 			if !errors.Is(err, want) {
 				t.Errorf("inTxClaim = %v, want %v", err, want)
 			}
-			if n := d.claims.Load(); n != 0 {
+			if n := d.Claims(); n != 0 {
 				t.Errorf("%d claims sent after the caller gave up, want 0", n)
 			}
 			if eff.direct != nil {

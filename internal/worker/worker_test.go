@@ -19,6 +19,7 @@ import (
 	"github.com/tasker-go/tasker/internal/chanmon"
 	"github.com/tasker-go/tasker/store"
 	"github.com/tasker-go/tasker/store/sqlite"
+	"github.com/tasker-go/tasker/store/storetest"
 )
 
 const testNS = "work"
@@ -1231,51 +1232,29 @@ func TestWakeWhileCapacityReserved(t *testing.T) {
 	}
 }
 
-// lateAnswer is a store whose claims commit but whose answer is held back
-// until answer is closed, as when the server has committed and its reply is
-// still on the way. A claim whose context ends before then fails, as a
-// driver's does when its context is cancelled while it waits for the
-// reply, although the claim is committed.
-type lateAnswer struct {
-	store.Driver
-	committed chan struct{} // closed once a claim that took steps committed
-	answer    chan struct{}
-	once      sync.Once
-}
-
-func (d *lateAnswer) Begin(ctx context.Context) (store.Tx, error) {
-	tx, err := d.Driver.Begin(ctx)
-	if err != nil {
-		return nil, err
+// claimHeld starts a worker over a store whose claims hold their answer
+// (see storetest.HeldAnswer), with one step seeded for handler, and
+// returns once that step's claim has committed and waits for its answer.
+func claimHeld(t *testing.T, handler Prepared) (w *Worker, d *storetest.HeldAnswer, raw store.Driver, step string) {
+	t.Helper()
+	raw = openStore(t)
+	d = storetest.NewHeldAnswer(raw)
+	step = seed(t, raw, "work")[0]
+	cfg := testConfig(&logCapture{})
+	cfg.HeartbeatInterval = time.Hour
+	w = New(d, resolverFor(map[string]Prepared{"work": handler}), (&completer{d: raw}).complete, nil, cfg)
+	if err := w.Start(t.Context()); err != nil {
+		t.Fatal(err)
 	}
-	return &lateTx{Tx: tx, d: d}, nil
-}
-
-type lateTx struct {
-	store.Tx
-	d *lateAnswer
-}
-
-func (t *lateTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) ([]store.ClaimedStep, error) {
-	var claimed []store.ClaimedStep
-	var err error
-	if cc, ok := t.Tx.(store.ClaimCommitter); ok {
-		claimed, err = cc.ClaimAndCommit(ctx, p)
-	} else if claimed, err = t.Tx.StepsClaim(ctx, p); err != nil {
-		_ = t.Tx.Rollback()
-	} else {
-		err = t.Tx.Commit()
-	}
-	if err != nil || len(claimed) == 0 {
-		return claimed, err
-	}
-	t.d.once.Do(func() { close(t.d.committed) })
 	select {
-	case <-t.d.answer:
-		return claimed, nil
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+	case <-d.Committed:
+	case <-time.After(waitLimit):
+		t.Fatal("the step was not claimed")
 	}
+	if s := getStep(t, raw, step); s.State != "in_progress" {
+		t.Fatalf("claimed step is %s, want in_progress", s.State)
+	}
+	return w, d, raw, step
 }
 
 // TestStopDuringClaim: Stop arrives while a claim has committed but not yet
@@ -1286,28 +1265,11 @@ func (t *lateTx) ClaimAndCommit(ctx context.Context, p store.StepsClaimParams) (
 // last step was then never run).
 func TestStopDuringClaim(t *testing.T) {
 	t.Parallel()
-	raw := openStore(t)
-	d := &lateAnswer{Driver: raw, committed: make(chan struct{}), answer: make(chan struct{})}
-	ids := seed(t, raw, "work")
 	ran := make(chan struct{}, 1)
-	resolve := resolverFor(map[string]Prepared{"work": handlerOf(func(context.Context) (any, error) {
+	w, d, raw, step := claimHeld(t, handlerOf(func(context.Context) (any, error) {
 		ran <- struct{}{}
 		return "done", nil
-	})})
-	cfg := testConfig(&logCapture{})
-	cfg.HeartbeatInterval = time.Hour
-	w := New(d, resolve, (&completer{d: raw}).complete, nil, cfg)
-	if err := w.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-d.committed:
-	case <-time.After(waitLimit):
-		t.Fatal("the step was not claimed")
-	}
-	if s := getStep(t, raw, ids[0]); s.State != "in_progress" {
-		t.Fatalf("claimed step is %s, want in_progress", s.State)
-	}
+	}))
 	stopped := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
@@ -1316,7 +1278,7 @@ func TestStopDuringClaim(t *testing.T) {
 	}()
 	// The claim answers only once Stop has cancelled the claim loop.
 	eventually(t, "Stop to cancel the claim loop", func() bool { return w.claimCtx.Err() != nil })
-	close(d.answer)
+	close(d.Answer)
 	select {
 	case err := <-stopped:
 		if err != nil {
@@ -1330,7 +1292,7 @@ func TestStopDuringClaim(t *testing.T) {
 	default:
 		t.Error("the claimed step's handler never ran")
 	}
-	if s := getStep(t, raw, ids[0]); s.State != "enqueued_for_orchestration" || string(s.Result) != `"done"` || s.Attempts != 1 {
+	if s := getStep(t, raw, step); s.State != "enqueued_for_orchestration" || string(s.Result) != `"done"` || s.Attempts != 1 {
 		t.Errorf("step after Stop: state %s, result %s, attempts %d; want enqueued_for_orchestration, \"done\", 1",
 			s.State, s.Result, s.Attempts)
 	}
@@ -1340,21 +1302,7 @@ func TestStopDuringClaim(t *testing.T) {
 // until its budget is spent; then it is cut off and Stop says why.
 func TestStopBudgetDuringClaim(t *testing.T) {
 	t.Parallel()
-	raw := openStore(t)
-	d := &lateAnswer{Driver: raw, committed: make(chan struct{}), answer: make(chan struct{})}
-	ids := seed(t, raw, "work")
-	resolve := resolverFor(map[string]Prepared{"work": returning("done", nil)})
-	cfg := testConfig(&logCapture{})
-	cfg.HeartbeatInterval = time.Hour
-	w := New(d, resolve, (&completer{d: raw}).complete, nil, cfg)
-	if err := w.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-d.committed:
-	case <-time.After(waitLimit):
-		t.Fatal("the step was not claimed")
-	}
+	w, _, raw, step := claimHeld(t, returning("done", nil))
 	const budget = 300 * time.Millisecond
 	began := time.Now()
 	err := stopWithin(t, w, budget)
@@ -1366,7 +1314,7 @@ func TestStopBudgetDuringClaim(t *testing.T) {
 	}
 	// What a budget spent this way costs: the step the claim committed is
 	// left to its lease, as a handler still running at that point is.
-	if s := getStep(t, raw, ids[0]); s.State != "in_progress" {
+	if s := getStep(t, raw, step); s.State != "in_progress" {
 		t.Errorf("step after the cut-off claim is %s, want in_progress until its lease ends", s.State)
 	}
 }
