@@ -581,6 +581,32 @@ func InTxClaim(ctx context.Context, d Driver, fn func(tx Tx) (StepsClaimParams, 
 	return claimed, nil
 }
 
+// InTxClaimDetached is InTxClaim for a caller whose context may end while
+// its claim is on the way. ctx ends the transaction only until fn has
+// returned; the claim and the COMMIT then run under detached, which only
+// the caller's own bound ends. Cut off between the server's COMMIT and its
+// answer, the claim would be committed while its caller saw an error, and
+// the steps it took would stay leased with nobody running them until their
+// leases ran out, at the cost of an attempt. If ctx has ended by the time
+// fn returns, the transaction is rolled back with ctx's cause.
+func InTxClaimDetached(ctx, detached context.Context, d Driver,
+	fn func(tx Tx) (StepsClaimParams, error)) ([]ClaimedStep, error) {
+	tctx, end := context.WithCancelCause(detached)
+	defer end(nil)
+	follow := context.AfterFunc(ctx, func() { end(context.Cause(ctx)) })
+	defer follow()
+	return InTxClaim(tctx, d, func(tx Tx) (StepsClaimParams, error) {
+		p, err := fn(tx)
+		if err != nil {
+			return p, err
+		}
+		if !follow() {
+			return p, context.Cause(ctx) // ctx ended before the claim was sent
+		}
+		return p, nil
+	})
+}
+
 // StepErrorInfo is the JSON stored in a step's error column: the last
 // failure of the step.
 type StepErrorInfo struct {

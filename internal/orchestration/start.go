@@ -60,44 +60,51 @@ func claimQueues(claim store.StepsClaimParams) []string {
 // what the claim took: the started steps, then the claimed ones.
 //
 // ctx ending stops the transaction only until fn has returned; then the
-// claim and the COMMIT run to their end. Cut off between the server's
-// COMMIT and its answer, the transaction would be committed while its
-// caller saw an error, and the steps it claimed would stay leased with no
-// handler until their leases expired, at the cost of an attempt: what a
-// CreateTask whose caller gives up (an HTTP client that disconnects)
-// risked. A caller that has given up by then leaves the COMMIT
-// commitLimit to answer; one still waiting is not limited, as before.
+// claim and the COMMIT run to their end (see store.InTxClaimDetached):
+// what a CreateTask whose caller gives up (an HTTP client that
+// disconnects) needs, lest its task be created and its first steps
+// stranded while the caller sees an error. A caller that has given up
+// leaves the COMMIT commitLimit to answer; one still waiting is not
+// limited, as before.
 func (o *Orchestrator) inTxClaim(ctx context.Context, claim store.StepsClaimParams, now time.Time, eff *effects,
 	fn func(tx store.Tx) error) ([]store.ClaimedStep, error) {
-	tctx, end := context.WithCancelCause(context.WithoutCancel(ctx))
+	detached, end := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer end(nil)
-	follow := context.AfterFunc(ctx, func() { end(context.Cause(ctx)) })
-	defer follow()
-	disarm := func() bool { return false }
-	defer func() { disarm() }()
-	claimed, err := store.InTxClaim(tctx, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
-		c, err := o.claimIn(tx, claim, now, eff, fn)
-		if err != nil {
-			return c, err
+	limit := context.AfterFunc(ctx, func() {
+		time.AfterFunc(commitLimit, func() { end(errCommitLimit) })
+	})
+	defer limit()
+	claimed, err := store.InTxClaimDetached(ctx, detached, o.d, func(tx store.Tx) (store.StepsClaimParams, error) {
+		var st *starter
+		if claim.Limit > 0 && len(claim.Queues) > 0 && !o.noDirectStart {
+			st = &starter{claim: claim, left: claim.Limit}
 		}
-		if !follow() {
-			eff.direct = nil
-			return c, context.Cause(ctx) // ctx ended before the commit began
+		eff.start, eff.direct = st, nil
+		defer func() { eff.start = nil }()
+		if err := fn(tx); err != nil {
+			return store.StepsClaimParams{}, err
 		}
-		disarm = context.AfterFunc(ctx, func() {
-			time.AfterFunc(commitLimit, func() { end(errCommitLimit) })
-		})
+		c := o.claimFor(claim, now)
+		if st != nil {
+			c.Start = st.steps
+			for _, s := range st.steps {
+				eff.direct = append(eff.direct, s.UUID)
+			}
+		}
 		return c, nil
 	})
 	switch {
 	case err == nil:
-	case errors.Is(context.Cause(tctx), errCommitLimit):
+	case errors.Is(context.Cause(detached), errCommitLimit):
 		err = fmt.Errorf("%w: %w: %w", store.ErrUnavailable, errCommitLimit, err)
 	case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
 		// The driver reports the transaction's own context, cancelled
 		// because ctx ended: say how ctx ended (a deadline is not a
 		// caller that went away).
 		err = fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
+	if err != nil {
+		eff.direct = nil // rolled back: nothing was started
 	}
 	return claimed, err
 }
@@ -108,26 +115,3 @@ const commitLimit = 30 * time.Second
 
 var errCommitLimit = errors.New("orchestration: claim and commit still unanswered " + commitLimit.String() +
 	" after the caller gave up")
-
-// claimIn runs fn in tx and returns the claim that ends the transaction
-// (see inTxClaim).
-func (o *Orchestrator) claimIn(tx store.Tx, claim store.StepsClaimParams, now time.Time, eff *effects,
-	fn func(tx store.Tx) error) (store.StepsClaimParams, error) {
-	var st *starter
-	if claim.Limit > 0 && len(claim.Queues) > 0 && !o.noDirectStart {
-		st = &starter{claim: claim, left: claim.Limit}
-	}
-	eff.start, eff.direct = st, nil
-	defer func() { eff.start = nil }()
-	if err := fn(tx); err != nil {
-		return store.StepsClaimParams{}, err
-	}
-	c := o.claimFor(claim, now)
-	if st != nil {
-		c.Start = st.steps
-		for _, s := range st.steps {
-			eff.direct = append(eff.direct, s.UUID)
-		}
-	}
-	return c, nil
-}

@@ -555,30 +555,17 @@ func (w *Worker) claimOnce(ctx context.Context) (int, bool, error) {
 		return 0, false, nil
 	}
 	began := time.Now()
-	// Until its transaction has begun (the wait for SQLite's writer or a
-	// pool connection), Stop cancelling ctx ends the claim, and nothing is
-	// claimed. From then on it runs to its end: cut off between the
-	// server's COMMIT and its answer, it would leave its steps leased to
-	// this worker with no handler running them, until the leases expired
-	// and the attempts were counted as failed. Stop waits for this loop
-	// before it closes the dispatch channel, so the steps of a claim that
-	// finishes run in the drain. Only Stop's budget running out
-	// (claimAbort) cuts a claim under way off.
-	cctx, abort := context.WithCancelCause(w.claimAbort)
-	defer abort(nil)
-	stopWait := context.AfterFunc(ctx, func() { abort(ErrStopping) })
-	defer stopWait()
-	underway := false
-	claimed, err := store.InTxClaim(cctx, w.d, func(store.Tx) (store.StepsClaimParams, error) {
-		if !stopWait() {
-			return p, ErrStopping // Stop came while the transaction began
-		}
-		underway = true
+	// Stop cancelling ctx ends the claim until it is sent, and nothing is
+	// claimed; then only Stop's budget running out (claimAbort) cuts it
+	// off (see store.InTxClaimDetached). Stop waits for this loop before
+	// it closes the dispatch channel, so the steps of a claim that
+	// finishes run in the drain.
+	claimed, err := store.InTxClaimDetached(ctx, w.claimAbort, w.d, func(store.Tx) (store.StepsClaimParams, error) {
 		return p, nil
 	})
 	if err != nil {
 		w.giveBack(int64(n), true)
-		if underway && w.claimAbort.Err() != nil {
+		if w.claimAbort.Err() != nil {
 			w.claimCut.Store(true)
 			w.log.Warn("claim cut off by the end of the stop budget; steps it may have committed return after their lease",
 				"error", err)
